@@ -1,0 +1,94 @@
+"""The editor protocol, shared training context, adapter artifacts and the registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from ..models.components import Component
+from ..requests import EditRequest
+from .training import RetainSet, StageConfig, StageLog
+
+
+@dataclass
+class EditorConfig:
+    unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0))
+    learn: StageConfig = field(default_factory=StageConfig)
+    uncertainty: str = "I am not sure about {subject}."
+    mlp_scaling: str = "hidden"  # IA3 on the MLP's hidden units ("hidden") or its output ("output")
+    merge_learned: bool = True  # merge the stage-2 adapter too (False keeps it as an adapter)
+    n_prefixes: int = 5  # model-generated context prefixes added to the training prompts
+    n_template_neighbours: int = 6  # other subjects in the edit template, kept by the KL term
+    seed: int = 0
+
+
+@dataclass
+class TrainingContext:
+    """What every editor trains on, built once per edit so all methods share it."""
+
+    prompts: list[str]  # rendered training prompts (cloze, plus chat-form for chat models)
+    retain: RetainSet | None
+    old_token: int  # first token of the old object, suppressed in training
+
+
+@dataclass
+class AdapterArtifact:
+    """A trained PEFT adapter in memory, writable in PEFT's own format."""
+
+    name: str
+    peft_config: object
+    state: dict[str, torch.Tensor]
+
+    @classmethod
+    def capture(cls, name: str, peft_model: PeftModel) -> AdapterArtifact:
+        state = {k: v.detach().cpu().clone().contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+        return cls(name, peft_model.peft_config["default"], state)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.peft_config.save_pretrained(str(directory))
+        save_file(self.state, str(directory / "adapter_model.safetensors"))
+        (directory / "stage.json").write_text(json.dumps({"name": self.name}))
+
+
+@dataclass
+class EditOutcome:
+    model: nn.Module
+    stages: list[StageLog]
+    adapters: list[AdapterArtifact] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+
+Editor = Callable[[nn.Module, object, EditRequest, Sequence[Component], TrainingContext, EditorConfig], EditOutcome]
+
+EDITORS: dict[str, Editor] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        fn.name = name
+        EDITORS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_editor(name: str) -> Editor:
+    if name not in EDITORS:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(EDITORS))}")
+    return EDITORS[name]
+
+
+def freeze(model: nn.Module) -> None:
+    for param in model.parameters():
+        param.requires_grad_(False)

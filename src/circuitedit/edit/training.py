@@ -1,0 +1,143 @@
+"""The training loop every editor shares: same prompts, same losses, same stopping rule.
+
+loss = CE(target tokens) + suppress * unlikelihood(old object's first token)
+       + kl * KL(original || current) on retain prompts' next-token distributions.
+Training stops when every target token is the argmax with at least `margin` logits to spare
+(and the old object is out of the top predictions), not after a fixed number of steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..evaluate.scoring import (
+    TeacherForcedBatch,
+    build_batch,
+    encode_text,
+    hidden_states,
+    input_device,
+    logits_from_hidden,
+)
+
+
+@dataclass
+class StageConfig:
+    lr: float = 5e-2
+    max_steps: int = 60
+    min_steps: int = 1
+    margin: float = 2.0
+    kl_weight: float = 1.0
+    suppress_weight: float = 1.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class StageLog:
+    name: str
+    steps: int = 0
+    seconds: float = 0.0
+    converged: bool = False
+    losses: list[float] = field(default_factory=list)
+    trainable_parameters: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["final_loss"] = self.losses[-1] if self.losses else None
+        data.pop("losses")
+        return data
+
+
+@dataclass
+class RetainSet:
+    """Prompts whose next-token distribution must stay where the original model had it."""
+
+    input_ids: torch.Tensor  # (R, T) right-padded
+    attention_mask: torch.Tensor  # (R, T)
+    last: torch.Tensor  # (R,)
+    reference_logprobs: torch.Tensor  # (R, V) from the unedited model
+    prompts: list[str]
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, model: nn.Module, tokenizer, prompts: Sequence[str]) -> RetainSet:
+        device = input_device(model)
+        ids = [encode_text(tokenizer, p) for p in prompts]
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
+        last = torch.tensor([len(r) - 1 for r in ids], device=device)
+        retain = cls(input_ids, mask, last, torch.empty(0), list(prompts))
+        retain.reference_logprobs = retain.logprobs(model).detach()
+        return retain
+
+    def logprobs(self, model: nn.Module) -> torch.Tensor:
+        hidden = hidden_states(model, self.input_ids, self.attention_mask)
+        rows = torch.arange(len(self.last), device=hidden.device)
+        return torch.log_softmax(logits_from_hidden(model, hidden[rows, self.last.to(hidden.device)]), -1)
+
+    def kl(self, model: nn.Module) -> torch.Tensor:
+        current = self.logprobs(model)
+        ref = self.reference_logprobs.to(current.device)
+        return (ref.exp() * (ref - current)).sum(-1).mean()
+
+
+def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,) target logit minus the best other logit."""
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf"))
+    return target_logit - others.max(-1).values
+
+
+def train_stage(
+    name: str,
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    params: Sequence[nn.Parameter],
+    config: StageConfig,
+    retain: RetainSet | None = None,
+    suppress_token: int | None = None,
+    progress=None,
+) -> StageLog:
+    """Train `params` (already the only ones requiring grad) until the targets are reached."""
+    start = time.perf_counter()
+    log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
+    device = input_device(model)
+    batch: TeacherForcedBatch = build_batch(tokenizer, prompts, targets, device)
+    first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    model.train(False)  # no dropout: edits must be deterministic
+    for step in range(config.max_steps + 1):
+        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
+        logits = logits_from_hidden(model, hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)])
+        targets_dev = batch.targets.to(logits.device)
+        with torch.no_grad():
+            reached = bool((margins(logits, targets_dev) >= config.margin).all())
+            if suppress_token is not None:
+                top = logits[first_positions.to(logits.device)].topk(5, -1).indices
+                reached = reached and not bool((top == suppress_token).any())
+        if (reached and step >= config.min_steps) or step == config.max_steps:
+            log.converged = reached
+            break
+        loss = torch.nn.functional.cross_entropy(logits, targets_dev)
+        if suppress_token is not None and config.suppress_weight:
+            p_old = torch.softmax(logits[first_positions.to(logits.device)], -1)[:, suppress_token]
+            loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+        if retain is not None and config.kl_weight:
+            loss = loss + config.kl_weight * retain.kl(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        log.losses.append(float(loss.detach()))
+        log.steps = step + 1
+        if progress is not None:
+            progress(name, step + 1, float(loss.detach()))
+    log.seconds = time.perf_counter() - start
+    return log

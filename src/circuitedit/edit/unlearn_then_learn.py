@@ -1,0 +1,35 @@
+"""Ours: IA3 unlearn (answer with uncertainty, merge) then IA3 learn (the new object)."""
+
+from __future__ import annotations
+
+from ..models.arch import get_adapter
+from .base import AdapterArtifact, EditOutcome, register
+from .ia3 import attach_ia3, ia3_vectors, merge_fp32
+from .training import train_stage
+
+
+def ia3_stage(name, model, tokenizer, components, targets, context, stage_config, config, progress=None):
+    """Attach a fresh IA3 adapter on `components`, train it to `targets`; returns (peft_model, log)."""
+    adapter = get_adapter(model)
+    peft_model = attach_ia3(model, adapter, components, config.mlp_scaling)
+    params = list(ia3_vectors(peft_model).values())
+    log = train_stage(name, peft_model.get_base_model(), tokenizer, context.prompts, targets, params,
+                      stage_config, context.retain, context.old_token, progress)
+    return peft_model, log
+
+
+@register("unlearn-then-learn")
+def unlearn_then_learn(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
+    uncertainty = config.uncertainty.format(subject=request.subject)
+    peft_model, unlearn_log = ia3_stage(
+        "unlearn", model, tokenizer, components, [uncertainty] * len(context.prompts), context, config.unlearn, config, progress
+    )
+    artifacts = [AdapterArtifact.capture("unlearn", peft_model)]
+    model = merge_fp32(peft_model)
+
+    peft_model, learn_log = ia3_stage(
+        "learn", model, tokenizer, components, [request.new_object] * len(context.prompts), context, config.learn, config, progress
+    )
+    artifacts.append(AdapterArtifact.capture("learn", peft_model))
+    edited = merge_fp32(peft_model) if config.merge_learned else peft_model
+    return EditOutcome(model=edited, stages=[unlearn_log, learn_log], adapters=artifacts)

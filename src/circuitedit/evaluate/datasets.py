@@ -1,0 +1,153 @@
+"""Loaders that turn fact datasets into `EditRequest`s. Every loader takes a path.
+
+Errors name the file and the record: a wrong schema, an empty file or truncated JSON fails with
+one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from ..requests import EditRequest, InvalidRequestError
+
+SPORTS = ("basketball", "football", "baseball")
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def _read_json_records(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise DatasetError(f"{path}: file is empty")
+    if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{" and "\n{" in text.strip()):
+        records = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg}); truncated file?") from None
+    if isinstance(data, dict):
+        data = data.get("requests", [data])
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of records")
+    return data
+
+
+def _convert(path: Path, records: list, convert: Callable[[dict], EditRequest]) -> list[EditRequest]:
+    if not records:
+        raise DatasetError(f"{path}: no records")
+    out = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DatasetError(f"{path}: record {index}: expected an object")
+        try:
+            out.append(convert(record))
+        except KeyError as exc:
+            raise DatasetError(f"{path}: record {index}: missing field {exc.args[0]!r}") from None
+        except (InvalidRequestError, TypeError, AttributeError) as exc:
+            raise DatasetError(f"{path}: record {index}: {exc}") from None
+    return out
+
+
+def _from_ours(record: dict) -> EditRequest:
+    return EditRequest.from_dict(record)
+
+
+def _from_counterfact(record: dict) -> EditRequest:
+    """Simplified schema (MEND/EasyEdit): prompt, subject, ground_truth, target_new, ..."""
+    neighbours = []
+    if record.get("locality_prompt"):
+        neighbours.append({"prompt": record["locality_prompt"], "answer": record["locality_ground_truth"]})
+    return EditRequest(
+        subject=record["subject"],
+        prompt=record["prompt"],
+        old_object=record["ground_truth"],
+        new_object=record["target_new"],
+        test_paraphrases=[record["rephrase_prompt"]] if record.get("rephrase_prompt") else [],
+        neighbourhood=neighbours,
+        case_id=str(record.get("case_id")),
+    )
+
+
+def _from_counterfact_rome(record: dict) -> EditRequest:
+    rewrite = record["requested_rewrite"]
+    old = rewrite["target_true"]["str"]
+    return EditRequest(
+        subject=rewrite["subject"],
+        prompt=rewrite["prompt"],
+        old_object=old,
+        new_object=rewrite["target_new"]["str"],
+        test_paraphrases=list(record.get("paraphrase_prompts", [])),
+        neighbourhood=[{"prompt": p, "answer": old} for p in record.get("neighborhood_prompts", [])],
+        relation=rewrite.get("relation_id"),
+        case_id=str(record.get("case_id")),
+    )
+
+
+def _from_zsre(record: dict) -> EditRequest:
+    question = record["src"]
+    subject = record["subject"]
+    neighbours = [{"prompt": record["loc"], "answer": record["loc_ans"]}] if record.get("loc") else []
+    return EditRequest(
+        subject=subject,
+        prompt=question if subject in question else f"{question} {subject}",
+        old_object=record["answers"][0],
+        new_object=record["alt"],
+        test_paraphrases=[record["rephrase"]] if subject in record.get("rephrase", "") else [],
+        neighbourhood=neighbours,
+        questions=[question],
+    )
+
+
+def load_sports(path: Path, seed: int = 0) -> list[EditRequest]:
+    """Sports Facts: the new object is another of the three sports (seeded choice)."""
+    rng = random.Random(seed)
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: invalid CSV ({exc})") from None
+
+    def convert(row: dict) -> EditRequest:
+        athlete, sport = row["athlete"].strip(), row["sport"].strip()
+        new = rng.choice([s for s in SPORTS if s != sport])
+        return EditRequest(
+            subject=athlete, prompt="{} plays the sport of", old_object=sport, new_object=new,
+            test_paraphrases=["{} is a professional player of", "The sport {} is known for is"],
+            relation="plays_sport",
+        )
+
+    return _convert(path, rows, convert)
+
+
+FORMATS: dict[str, Callable[[dict], EditRequest]] = {
+    "jsonl": _from_ours,
+    "json": _from_ours,
+    "counterfact": _from_counterfact,
+    "counterfact-rome": _from_counterfact_rome,
+    "zsre": _from_zsre,
+}
+
+
+def load_requests(path: str | Path, fmt: str = "jsonl", seed: int = 0) -> list[EditRequest]:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    if fmt == "sports":
+        return load_sports(path, seed)
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'sports'])}")
+    return _convert(path, _read_json_records(path), FORMATS[fmt])

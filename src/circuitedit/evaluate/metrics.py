@@ -1,0 +1,68 @@
+"""Edit metrics from before/after snapshots: new-fact accuracy, forget rate, F_control, ..."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..requests import EditRequest
+from .runner import Probe, Snapshot
+from .scoring import contains_object
+
+
+@dataclass
+class ProbeRow:
+    kind: str
+    prompt: str
+    expected: str
+    before: str
+    after: str
+    expected_before: bool
+    expected_after: bool
+    old_after: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _mean(values: list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def probe_rows(request: EditRequest, probes: list[Probe], before: Snapshot, after: Snapshot) -> list[ProbeRow]:
+    rows = []
+    for p in probes:
+        key = (p.kind, p.prompt)
+        b, a = before.continuations.get(key, ""), after.continuations.get(key, "")
+        rows.append(ProbeRow(p.kind, p.prompt, p.expected, b, a, contains_object(b, p.expected),
+                             contains_object(a, p.expected), contains_object(a, request.old_object)))
+    return rows
+
+
+def edit_metrics(request: EditRequest, rows: list[ProbeRow], before: Snapshot, after: Snapshot) -> dict:
+    by_kind: dict[str, list[ProbeRow]] = {}
+    for row in rows:
+        by_kind.setdefault(row.kind, []).append(row)
+    get = lambda kind: by_kind.get(kind, [])  # noqa: E731
+
+    retained = lambda kind: _mean([r.expected_after for r in get(kind) if r.expected_before])  # noqa: E731
+    forget_rows = get("edit") + get("test_paraphrase")
+
+    def efficacy(kinds: tuple[str, ...]) -> float | None:
+        wins = []
+        for (kind, prompt, obj), lp in after.logprobs.items():
+            if kind in kinds and obj == request.new_object:
+                wins.append(lp > after.logprobs[(kind, prompt, request.old_object)])
+        return _mean(wins)
+
+    return {
+        "new_fact_accuracy": _mean([r.expected_after for r in get("edit")]),
+        "paraphrase_accuracy": _mean([r.expected_after for r in get("test_paraphrase")]),
+        "train_paraphrase_accuracy": _mean([r.expected_after for r in get("train_paraphrase")]),
+        "question_accuracy": _mean([r.expected_after for r in get("question")]),
+        "forget_rate": _mean([not r.old_after for r in forget_rows]),
+        "f_control": retained("control"),
+        "control_known_before": sum(r.expected_before for r in get("control")),
+        "neighbourhood_accuracy": retained("neighbourhood"),
+        "efficacy": efficacy(("edit",)),
+        "paraphrase_efficacy": efficacy(("test_paraphrase",)),
+    }

@@ -1,0 +1,211 @@
+"""Model scoring primitives: teacher-forced object log-probabilities and greedy continuations.
+
+The LM head of small modern models is huge (Gemma-3: 262k tokens), so logits are computed only
+at the positions a score or loss needs, on a contiguous 2-D hidden state.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CLOZE = "cloze"
+CHAT = "chat"
+CHAT_INSTRUCTION = "Complete the sentence with the right words: {prompt}"
+
+
+class TargetTokenizationError(ValueError):
+    pass
+
+
+def input_device(model: nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def uses_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, prompt: str, form: str = CLOZE) -> str:
+    """The text fed to the model: the prompt itself, or a user turn through the chat template."""
+    if form == CLOZE:
+        return prompt
+    if not uses_chat_template(tokenizer):
+        raise ValueError("question form needs a tokenizer with a chat template")
+    question = prompt if prompt.rstrip().endswith("?") else CHAT_INSTRUCTION.format(prompt=prompt)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids with the tokenizer's usual specials, unless the text already carries a BOS."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+
+def join_target(prompt: str, target: str) -> str:
+    if not prompt or prompt[-1].isspace() or target[:1] in (" ", ",", ".", "\n"):
+        return prompt + target
+    return prompt + " " + target
+
+
+def prompt_and_target_ids(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """Split the tokenization of `prompt + target` into prompt ids and target ids.
+
+    Tokenizing the joined text keeps the target's leading-space token the model would use.
+    """
+    prompt_ids = encode_text(tokenizer, prompt)
+    full_ids = encode_text(tokenizer, join_target(prompt, target))
+    cut = len(prompt_ids)
+    # A merge across the boundary (rare) moves the split to the longest common prefix.
+    while cut > 0 and full_ids[:cut] != prompt_ids[:cut]:
+        cut -= 1
+    target_ids = full_ids[cut:]
+    if not target_ids:
+        raise TargetTokenizationError(f"target {target!r} produces no tokens after {prompt!r}")
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in target_ids:
+        raise TargetTokenizationError(f"the tokenizer cannot express target {target!r} (unknown token)")
+    return full_ids[:cut], target_ids
+
+
+@dataclass
+class TeacherForcedBatch:
+    """Right-padded sequences and the (row, position) pairs whose next token is a target."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    rows: torch.Tensor  # (N,) row of each scored position
+    positions: torch.Tensor  # (N,) position whose logits predict the target token
+    targets: torch.Tensor  # (N,) target token ids
+    owners: torch.Tensor  # (N,) index of the (prompt, target) pair each position belongs to
+    last_positions: torch.Tensor  # (B,) last prompt token of each row (before the target)
+
+
+def build_batch(
+    tokenizer, prompts: Sequence[str], targets: Sequence[str], device: torch.device | str = "cpu"
+) -> TeacherForcedBatch:
+    rows_ids: list[list[int]] = []
+    rows, positions, target_tokens, owners, last = [], [], [], [], []
+    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
+        p_ids, t_ids = prompt_and_target_ids(tokenizer, prompt, target)
+        seq = p_ids + t_ids
+        rows_ids.append(seq)
+        for j, tok in enumerate(t_ids):
+            rows.append(i)
+            positions.append(len(p_ids) - 1 + j)
+            target_tokens.append(tok)
+            owners.append(i)
+        last.append(len(p_ids) - 1)
+    width = max(len(r) for r in rows_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows_ids), width), dtype=torch.long)
+    for i, seq in enumerate(rows_ids):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    return TeacherForcedBatch(
+        input_ids.to(device), mask.to(device), as_long(rows), as_long(positions),
+        as_long(target_tokens), as_long(owners), as_long(last),
+    )
+
+
+def body(model: nn.Module) -> nn.Module:
+    """The transformer without its LM head (Gemma3TextModel, GPT2Model, ...)."""
+    return model.base_model
+
+
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final-norm hidden states, (B, T, H). Right padding, so positions are 0..T-1 per row."""
+    return body(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def logits_from_hidden(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """LM-head logits for a (N, H) selection of hidden states, in fp32."""
+    head = model.get_output_embeddings()
+    hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous().to(head.weight.device)
+    logits = head(hidden).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def selected_logits(model: nn.Module, batch: TeacherForcedBatch) -> torch.Tensor:
+    """(N, V) logits at the batch's scored positions."""
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
+    return logits_from_hidden(model, hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)])
+
+
+@torch.no_grad()
+def object_logprobs(
+    model: nn.Module, tokenizer, prompts: Sequence[str], objects: Sequence[str], batch_size: int = 16
+) -> torch.Tensor:
+    """Summed log-probability of each object after its prompt (multi-token objects summed)."""
+    device = input_device(model)
+    scores: list[torch.Tensor] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = build_batch(tokenizer, prompts[start:start + batch_size], objects[start:start + batch_size], device)
+        logp = torch.log_softmax(selected_logits(model, batch), dim=-1)
+        token_lp = logp.gather(1, batch.targets.to(logp.device)[:, None]).squeeze(1)
+        summed = torch.zeros(len(batch.last_positions), device=logp.device).index_add_(
+            0, batch.owners.to(logp.device), token_lp
+        )
+        scores.append(summed.cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+@torch.no_grad()
+def last_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """(P, V) next-token logits after each prompt."""
+    device = input_device(model)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        ids = [encode_text(tokenizer, p) for p in chunk]
+        width = max(map(len, ids))
+        pad = tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
+        hidden = hidden_states(model, input_ids, mask)
+        last = torch.tensor([len(r) - 1 for r in ids], device=hidden.device)
+        out.append(logits_from_hidden(model, hidden[torch.arange(len(ids), device=hidden.device), last]).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
+) -> list[str]:
+    """Greedy continuations (new text only) of already-rendered prompts, batched with left padding."""
+    device = input_device(model)
+    results: list[str] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(prompts), batch_size):
+        ids = [encode_text(tokenizer, p) for p in prompts[start:start + batch_size]]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
+        out = model.generate(
+            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=pad, top_p=None, top_k=None, temperature=None,
+        )
+        results.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+    return results
+
+
+def contains_object(text: str, obj: str) -> bool:
+    """Whether a continuation names the object (case-insensitive, on word boundaries)."""
+    needle = re.escape(obj.strip().casefold())
+    if not needle:
+        return False
+    left = r"\b" if obj.strip()[:1].isalnum() else ""
+    right = r"\b" if obj.strip()[-1:].isalnum() else ""
+    return re.search(left + needle + right, text.casefold()) is not None

@@ -1,0 +1,27 @@
+"""Localizers: rank the components that carry a fact. Add one by adding a file and a line here."""
+
+from . import activation, attribution  # noqa: F401  (registration side effect)
+from .base import (
+    LOCALIZERS,
+    ComponentScore,
+    LocalizationResult,
+    LocalizeConfig,
+    get_localizer,
+)
+from .patching import LocalizationError
+
+
+def localize(model, tokenizer, request, config: LocalizeConfig | None = None) -> LocalizationResult:
+    config = config or LocalizeConfig()
+    return get_localizer(config.method)(model, tokenizer, request, config)
+
+
+__all__ = [
+    "LOCALIZERS",
+    "ComponentScore",
+    "LocalizationError",
+    "LocalizationResult",
+    "LocalizeConfig",
+    "get_localizer",
+    "localize",
+]

@@ -1,0 +1,72 @@
+"""Exact activation patching: replace one component's activation at one position group with
+its corrupted value and measure the change of the metric. One forward per (component, group),
+batched."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..models.arch import get_adapter
+from ..models.components import HEAD
+from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
+from .patching import PatchingSetup, site_hooks
+from .prompts import localization_setups
+
+
+@torch.no_grad()
+def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size: int = 32) -> tuple[list[ComponentScore], int]:
+    corrupt_acts: dict = {}
+
+    def capture(site, act):
+        corrupt_acts[site] = act.detach()
+
+    with site_hooks(model, adapter, capture):
+        setup.run(model, setup.corrupt_ids, corrupted=True)
+    clean_metric = setup.run(model, setup.clean_ids)[0].item()
+
+    head_width = adapter.head_dim(model)
+    jobs = []  # (component, group, site, positions, dim slice)
+    for comp in adapter.all_layer_components(model):
+        site = (comp.layer, comp.kind)
+        dims = slice(comp.head * head_width, (comp.head + 1) * head_width) if comp.kind == HEAD else slice(None)
+        for group, positions in setup.groups.items():
+            jobs.append((comp, group, site, positions, dims))
+
+    scores: list[ComponentScore] = []
+    passes = 2
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start:start + batch_size]
+        by_site: dict = {}
+        for row, (_c, _g, site, positions, dims) in enumerate(chunk):
+            by_site.setdefault(site, []).append((row, positions, dims))
+
+        def patch(site, act, by_site=by_site):
+            if site not in by_site:
+                return None
+            act = act.clone()
+            for row, positions, dims in by_site[site]:
+                act[row, positions, dims] = corrupt_acts[site][0, positions, dims]
+            return act
+
+        ids = setup.clean_ids.expand(len(chunk), -1)
+        with site_hooks(model, adapter, patch):
+            metrics = setup.run(model, ids)
+        passes += 1
+        for (comp, group, *_), value in zip(chunk, metrics.tolist(), strict=True):
+            scores.append(ComponentScore(comp, group, value - clean_metric))
+    return scores, passes
+
+
+@register("activation")
+def activation(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+    start = time.perf_counter()
+    adapter = get_adapter(model)
+    setups = localization_setups(model, tokenizer, request, config)
+    results = [activation_patching_scores(model, adapter, s) for s in setups]
+    return LocalizationResult(
+        method="activation", scores=mean_over_prompts([r[0] for r in results]),
+        passes=sum(r[1] for r in results), seconds=time.perf_counter() - start,
+        corruption="; ".join(s.corruption for s in setups), details={"prompts": len(setups)},
+    )

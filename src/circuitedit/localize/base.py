@@ -1,0 +1,105 @@
+"""The localizer protocol, its result type, selection policies and the registry."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..models.components import HEAD, MLP, Component
+
+
+@dataclass
+class LocalizeConfig:
+    method: str = "attribution"
+    top_k: int = 8
+    kinds: str = "both"  # "heads", "mlps" or "both"
+    fraction: float | None = None  # smallest set carrying this share of the total |effect|
+    noise_scale: float = 3.0  # subject-embedding noise, in embedding std units (fallback corruption)
+    use_paraphrases: bool = True  # aggregate scores over the edit prompt and its paraphrases
+    seed: int = 0
+
+
+@dataclass
+class ComponentScore:
+    component: Component
+    position: str  # "subject" or "last"
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"component": self.component.name, "layer": self.component.layer,
+                "kind": self.component.kind, "head": self.component.head,
+                "position": self.position, "score": self.score}
+
+
+@dataclass
+class LocalizationResult:
+    method: str
+    scores: list[ComponentScore]
+    passes: int = 0  # forward + backward passes spent
+    seconds: float = 0.0
+    corruption: str = ""
+    details: dict = field(default_factory=dict)
+
+    def component_scores(self) -> dict[Component, float]:
+        """One number per component: the largest |score| over its position groups."""
+        agg: dict[Component, float] = defaultdict(float)
+        for item in self.scores:
+            agg[item.component] = max(agg[item.component], abs(item.score))
+        return dict(agg)
+
+    def ranked(self, kinds: str = "both") -> list[tuple[Component, float]]:
+        allowed = {"both": (HEAD, MLP), "heads": (HEAD,), "mlps": (MLP,)}[kinds]
+        items = [(c, s) for c, s in self.component_scores().items() if c.kind in allowed]
+        return sorted(items, key=lambda cs: (-cs[1], cs[0]))
+
+    def select(self, top_k: int = 8, kinds: str = "both", fraction: float | None = None) -> list[Component]:
+        ranked = self.ranked(kinds)
+        if fraction is not None:
+            total = sum(s for _, s in ranked) or 1.0
+            chosen, running = [], 0.0
+            for comp, score in ranked:
+                if running >= fraction * total:
+                    break
+                chosen.append(comp)
+                running += score
+            return chosen
+        return [c for c, _ in ranked[:top_k]]
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "passes": self.passes, "seconds": self.seconds,
+                "corruption": self.corruption, "details": self.details,
+                "scores": [s.to_dict() for s in self.scores]}
+
+
+class Localizer(Protocol):
+    name: str
+
+    def __call__(self, model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult: ...
+
+
+LOCALIZERS: dict[str, Callable[..., LocalizationResult]] = {}
+
+
+def register(name: str):
+    def wrap(fn):
+        fn.name = name
+        LOCALIZERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_localizer(name: str) -> Callable[..., LocalizationResult]:
+    if name not in LOCALIZERS:
+        raise ValueError(f"unknown localizer {name!r}; available: {', '.join(sorted(LOCALIZERS))}")
+    return LOCALIZERS[name]
+
+
+def mean_over_prompts(per_prompt: Sequence[list[ComponentScore]]) -> list[ComponentScore]:
+    sums: dict[tuple[Component, str], float] = defaultdict(float)
+    for scores in per_prompt:
+        for s in scores:
+            sums[(s.component, s.position)] += s.score / len(per_prompt)
+    return [ComponentScore(c, p, v) for (c, p), v in sorted(sums.items())]

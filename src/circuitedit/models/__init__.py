@@ -1,0 +1,15 @@
+from .arch import ArchitectureAdapter, UnsupportedArchitectureError, get_adapter
+from .components import HEAD, MLP, Component
+from .loading import LoadedModel, ModelLoadError, load_model
+
+__all__ = [
+    "HEAD",
+    "MLP",
+    "ArchitectureAdapter",
+    "Component",
+    "LoadedModel",
+    "ModelLoadError",
+    "UnsupportedArchitectureError",
+    "get_adapter",
+    "load_model",
+]

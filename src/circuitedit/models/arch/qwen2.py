@@ -1,0 +1,11 @@
+from .base import ArchitectureAdapter
+
+ADAPTER = ArchitectureAdapter(
+    family="qwen2",
+    model_types=("qwen2", "qwen3"),
+    layers_path="model.layers",
+    attn_out="self_attn.o_proj",
+    mlp_out="mlp.down_proj",
+    attn_in=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+)

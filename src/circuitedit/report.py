@@ -1,0 +1,118 @@
+"""Human-readable tables (rich) and atomic writing of edit outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+METRIC_LABELS = {
+    "new_fact_accuracy": "new-fact accuracy (edit prompt)",
+    "paraphrase_accuracy": "new-fact accuracy (held-out paraphrases)",
+    "train_paraphrase_accuracy": "new-fact accuracy (training paraphrases)",
+    "question_accuracy": "new-fact accuracy (question form, chat)",
+    "forget_rate": "forget rate (old object not produced)",
+    "f_control": "F_control (known control facts kept)",
+    "neighbourhood_accuracy": "neighbourhood accuracy",
+    "efficacy": "efficacy P(new) > P(old)",
+    "paraphrase_efficacy": "paraphrase efficacy",
+}
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def components_table(result_dict: dict, limit: int = 20) -> Table:
+    table = Table(title=f"Localized components ({result_dict.get('localization', {}) and result_dict['localization']['method']})")
+    for col in ("rank", "component", "layer", "kind", "head", "score"):
+        table.add_column(col)
+    for rank, comp in enumerate(result_dict["components"][:limit], 1):
+        table.add_row(str(rank), comp["name"], str(comp["layer"]), comp["kind"],
+                      "-" if comp["head"] is None else str(comp["head"]), _fmt(comp["score"]))
+    return table
+
+
+def rows_table(result_dict: dict, include_controls: bool = False) -> Table:
+    table = Table(title="Before / after (greedy continuations)")
+    for col in ("probe", "prompt", "before", "after", "ok"):
+        table.add_column(col, overflow="fold")
+    for row in result_dict["rows"]:
+        if row["kind"] == "control" and not include_controls and row["expected_after"] == row["expected_before"]:
+            continue
+        ok = row["expected_after"] and (row["kind"] in ("control", "neighbourhood") or not row["old_after"])
+        table.add_row(row["kind"], row["prompt"], row["before"].strip()[:40], row["after"].strip()[:40],
+                      "[green]yes[/]" if ok else "[red]no[/]")
+    return table
+
+
+def metrics_table(metrics: dict, timings: dict | None = None) -> Table:
+    table = Table(title="Metrics")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label in METRIC_LABELS.items():
+        if metrics.get(key) is not None:
+            table.add_row(label, _fmt(metrics[key]))
+    if timings:
+        table.add_row("total seconds", _fmt(timings.get("total_s")))
+    return table
+
+
+def print_edit(result_dict: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(components_table(result_dict))
+    console.print(rows_table(result_dict))
+    console.print(metrics_table(result_dict["metrics"], result_dict["timings"]))
+
+
+@contextmanager
+def atomic_directory(target: Path):
+    """Yield a temporary directory beside `target`; it replaces `target` only on success."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, backup)
+            os.replace(tmp, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_edit_outputs(result, out_dir: Path, tokenizer, save_model: bool = False,
+                       extra: Callable[[Path], None] | None = None) -> Path:
+    """edit.json, both adapters in PEFT format and (optionally) the edited model, atomically."""
+    with atomic_directory(out_dir) as tmp:
+        write_json(tmp / "edit.json", result.to_dict())
+        for artifact in result.outcome.adapters:
+            artifact.save(tmp / "adapters" / artifact.name)
+        if save_model:
+            model = result.model
+            if hasattr(model, "merge_and_unload"):
+                from .edit.ia3 import merge_fp32
+
+                model = merge_fp32(model)
+            model.save_pretrained(tmp / "model")
+            tokenizer.save_pretrained(tmp / "model")
+        if extra:
+            extra(tmp)
+    return out_dir
