@@ -102,7 +102,8 @@ def run_edits(args, requests, console: Console) -> int:
         data["model"] = loaded.name
         if args.out:
             target = args.out if len(requests) == 1 else args.out / f"edit-{index:03d}"
-            write_edit_outputs(result, target, loaded.tokenizer, args.save_model)
+            write_edit_outputs(result, target, loaded.tokenizer, args.save_model,
+                               extra=lambda tmp: _add_model_name(tmp / "edit.json", loaded.name))
             data["out"] = str(target)
         outputs.append(data)
         if not args.json:
@@ -112,6 +113,12 @@ def run_edits(args, requests, console: Console) -> int:
         summary = outputs[0] if len(outputs) == 1 else {"edits": outputs}
         print(json.dumps(summary, default=str))
     return 0
+
+
+def _add_model_name(path: Path, name: str) -> None:
+    """edit.json records the model it edited (`audit --edit` loads it)."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({"model": name, **data}, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def cmd_edit(args, console: Console) -> int:
@@ -139,6 +146,137 @@ def cmd_ask(args, console: Console) -> int:
             print(json.dumps({"prompt": prompt, "continuation": text}))
         else:
             console.print(f"[bold]{prompt}[/]{text}")
+    return 0
+
+
+UNUSED_NEW_OBJECT = "(no new object: localization only)"
+
+
+def ranked_rows(result, kinds: str = "both") -> list[dict]:
+    """One row per component, best first: the position group of its largest |score|, signed."""
+    best: dict = {}
+    for item in result.scores:
+        if item.component not in best or abs(item.score) > abs(best[item.component].score):
+            best[item.component] = item
+    return [{**best[comp].to_dict(), "rank": rank}
+            for rank, (comp, _score) in enumerate(result.ranked(kinds), 1)]
+
+
+def cmd_localize(args, console: Console) -> int:
+    from rich.table import Table
+
+    from .localize import LocalizeConfig, get_localizer, localize
+    from .models import load_model
+    from .models.arch import get_adapter
+    from .plots import causal_trace_figure, localization_heatmap
+    from .report import atomic_directory, write_json
+    from .requests import EditRequest
+
+    missing = [flag for flag, value in (("--subject", args.subject), ("--prompt", args.prompt),
+                                         ("--old", args.old)) if not value]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    get_localizer(args.localizer)
+    if args.top_k < 1:
+        raise ValueError("--top-k must be at least 1")
+    if args.fraction is not None and not 0 < args.fraction <= 1:
+        raise ValueError("--fraction must be in (0, 1]")
+    request = EditRequest(subject=args.subject, prompt=args.prompt, old_object=args.old,
+                          new_object=UNUSED_NEW_OBJECT, paraphrases=args.paraphrase or [])
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a directory")
+    config = LocalizeConfig(method=args.localizer, top_k=args.top_k, kinds=args.kinds,
+                            fraction=args.fraction, seed=args.seed)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    adapter = get_adapter(loaded.model)
+    result = localize(loaded.model, loaded.tokenizer, request, config)
+    selected = result.select(config.top_k, config.kinds, config.fraction)
+    rows = ranked_rows(result, config.kinds)
+    chosen = {c.name for c in selected}
+    data = {
+        "model": loaded.name, "subject": request.subject, "prompt": request.text, "old_object": request.old_object,
+        "paraphrases": [request.fill(p) for p in request.paraphrases], "localizer": config.method,
+        "config": {"top_k": config.top_k, "kinds": config.kinds, "fraction": config.fraction, "seed": config.seed},
+        "num_layers": adapter.num_layers(loaded.model), "num_heads": adapter.num_heads(loaded.model),
+        "selected": [c.name for c in selected], "ranked": rows, "localization": result.to_dict(),
+    }
+    if args.out is not None:
+        with atomic_directory(args.out) as tmp:
+            write_json(tmp / "localization.json", data)
+            title = f"{config.method}: {request.text} -> {request.old_object}  [{loaded.name}]"
+            localization_heatmap(result, tmp / "heatmap.png", num_layers=data["num_layers"],
+                                 num_heads=data["num_heads"], selected=selected, title=title)
+            if "trace" in result.details:
+                causal_trace_figure(result.details["trace"], tmp / "causal_trace.png", title=title)
+        data["out"] = str(args.out)
+    if args.json:
+        print(json.dumps(data, default=str))
+        return 0
+    table = Table(title=f"{config.method} localization of {request.text!r} -> {request.old_object!r} "
+                        f"({result.passes} passes, {result.seconds:.1f} s)")
+    for col in ("rank", "component", "layer", "kind", "head", "position", "score", "selected"):
+        table.add_column(col, justify="right" if col in ("rank", "layer", "head", "score") else "left")
+    limit = max(args.rows, len(selected))
+    for row in rows[:limit]:
+        table.add_row(str(row["rank"]), row["component"], str(row["layer"]), row["kind"],
+                      "-" if row["head"] is None else str(row["head"]), row["position"], f"{row['score']:.4g}",
+                      "*" if row["component"] in chosen else "")
+    console.print(table)
+    if len(rows) > limit:
+        console.print(f"... {len(rows) - limit} more components (see localization.json / --json)")
+    if result.corruption:
+        console.print(f"corruption: {result.corruption}")
+    if args.out is not None:
+        console.print(f"wrote {args.out / 'localization.json'} and {args.out / 'heatmap.png'}")
+    return 0
+
+
+def cmd_bench(args, console: Console) -> int:
+    from argparse import Namespace
+
+    from .evaluate.bench import BenchConfig, run_bench
+
+    edit_args = Namespace(**{**vars(args), "localizer": None, "method": None, "keep_adapter": False})
+    config = BenchConfig(
+        data=str(args.data), fmt=args.format, out=str(args.out), n=args.n,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        localizers=[m.strip() for m in args.localizer.split(",") if m.strip()],
+        model=args.model, dtype=args.dtype, device=args.device, seed=args.seed or 0,
+        keep_unknown=args.keep_unknown, max_scan=args.max_scan,
+        controls=str(args.controls) if args.controls else None, edit=build_config(edit_args),
+        generation_tokens=args.generation_tokens,
+    )
+    summary = run_bench(config, resume=args.resume, console=console)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        from rich.markdown import Markdown
+
+        console.print(Markdown((Path(args.out) / "summary.md").read_text(encoding="utf-8")))
+    return 0
+
+
+def cmd_audit(args, console: Console) -> int:
+    import time
+
+    from .audit import AuditConfig, audit_edit, load_edit, write_audit
+
+    start = time.perf_counter()
+    base, tokenizer, request, stage1, stage2, meta = load_edit(args.edit, args.model, args.dtype, args.device)
+    load_s = time.perf_counter() - start
+    config = AuditConfig(relearn=not args.no_relearn)
+    if args.relearn_steps is not None:
+        config.relearn_steps = args.relearn_steps
+    report = audit_edit(base, tokenizer, request, stage1, stage2, config, model_name=meta["model"])
+    report.timings["load_s"] = round(load_s, 2)
+    out = args.out or args.edit
+    json_path, md_path = write_audit(report, out)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+        return 0
+    console.print(md_path.read_text(encoding="utf-8"))
+    console.print(f"wrote {json_path} and {md_path}")
+    console.print(f"audit took {report.timings['total_s']:.1f} s (+ {load_s:.1f} s loading the models)")
     return 0
 
 
@@ -170,6 +308,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     add_model_args(p)
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("localize", help="rank the heads and MLPs that carry a fact; table, JSON and heatmap")
+    p.add_argument("--subject")
+    p.add_argument("--prompt", help="cloze prompt with {} / {subject} or the subject verbatim")
+    p.add_argument("--old", help="the object the model gives now")
+    p.add_argument("--paraphrase", action="append", help="another phrasing scored too (repeatable)")
+    p.add_argument("--localizer", default="attribution",
+                   help="attribution (default), activation, causal-tracing, fact-lookup, gradient, random, all-layers")
+    p.add_argument("--top-k", type=int, default=8, help="components to select (default 8)")
+    p.add_argument("--fraction", type=float, default=None, help="instead: smallest set carrying this share of |effect|")
+    p.add_argument("--kinds", choices=["both", "heads", "mlps"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", type=int, default=20, help="table rows to print (default 20)")
+    p.add_argument("--out", type=Path, default=None, help="write localization.json and heatmap.png here")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    add_model_args(p)
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("bench", help="benchmark editing methods on many facts (single-edit protocol)")
+    p.add_argument("--data", type=Path, required=True, help="fact data set file")
+    p.add_argument("--format", default="counterfact-rome",
+                   choices=["counterfact", "counterfact-rome", "sports", "zsre", "jsonl"])
+    p.add_argument("--n", type=int, default=20, help="facts to edit (known facts, in file order)")
+    p.add_argument("--methods", default="none,unlearn-then-learn,learn-only,ia3-all-layers,ft-full,ft-localized,lora-localized",
+                   help="comma-separated editors")
+    p.add_argument("--localizer", default="attribution",
+                   help="comma-separated localizers for the localized methods; 'random' is the control")
+    p.add_argument("--out", type=Path, default=Path("bench"), help="results.jsonl, summary.{json,md,png}")
+    p.add_argument("--resume", action="store_true", help="keep OUT/results.jsonl and skip finished edits")
+    p.add_argument("--keep-unknown", action="store_true", help="skip the knows-the-fact filter")
+    p.add_argument("--max-scan", type=int, default=None, help="scan at most this many records for known facts")
+    p.add_argument("--controls", type=Path, default=None, help="JSONL control facts (default: built-in)")
+    p.add_argument("--generation-tokens", type=int, default=40, help="length of the fluency generations")
+    p.add_argument("--top-k", type=int, default=None, help="number of components to edit")
+    p.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None)
+    p.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print summary.json on stdout")
+    add_model_args(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("audit", help="is the old fact gone or hidden? latent probes, indirect prompts, relearning")
+    p.add_argument("--edit", type=Path, required=True, help="an `edit --out` directory (edit.json + adapters)")
+    p.add_argument("--out", type=Path, default=None, help="write audit.json and audit.md here (default: --edit)")
+    p.add_argument("--relearn-steps", type=int, default=None, help="Adam steps of each relearning attack (default 10)")
+    p.add_argument("--no-relearn", action="store_true", help="skip the relearning attack")
+    p.add_argument("--json", action="store_true", help="print audit.json's content instead of audit.md")
+    add_model_args(p)
+    p.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -15,7 +15,13 @@ from .edit.prompts import generated_prefixes, same_template_prompts, training_pr
 from .evaluate.facts import Fact, controls_for, retain_prompts, subject_pool
 from .evaluate.metrics import ProbeRow, edit_metrics, probe_rows
 from .evaluate.runner import EvalConfig, Snapshot, probes_for, take_snapshot
-from .evaluate.scoring import CHAT, prompt_and_target_ids, render_prompt, uses_chat_template
+from .evaluate.scoring import (
+    CHAT,
+    TargetTokenizationError,
+    prompt_and_target_ids,
+    render_prompt,
+    uses_chat_template,
+)
 from .localize import LocalizationResult, LocalizeConfig, localize
 from .models.arch import get_adapter
 from .models.components import Component
@@ -34,16 +40,25 @@ class EditConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> EditConfig:
-        editor = dict(data.get("editor", {}))
-        for stage in ("unlearn", "learn"):
-            if stage in editor:
-                editor[stage] = StageConfig(**editor[stage])
-        return cls(
-            method=data.get("method", "unlearn-then-learn"),
-            localize=LocalizeConfig(**data.get("localize", {})),
-            editor=EditorConfig(**editor),
-            evaluate=EvalConfig(**data.get("evaluate", {})),
-        )
+        """Build a config from `to_dict()` output; unknown keys fail with a ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"config: expected a mapping, got {type(data).__name__}")
+        unknown = set(data) - {"method", "localize", "editor", "evaluate"}
+        if unknown:
+            raise ValueError(f"config: unknown key(s): {', '.join(sorted(unknown))}")
+        try:
+            editor = dict(data.get("editor", {}))
+            for stage in ("unlearn", "learn"):
+                if stage in editor:
+                    editor[stage] = StageConfig(**editor[stage])
+            return cls(
+                method=data.get("method", "unlearn-then-learn"),
+                localize=LocalizeConfig(**data.get("localize", {})),
+                editor=EditorConfig(**editor),
+                evaluate=EvalConfig(**data.get("evaluate", {})),
+            )
+        except TypeError as exc:  # an unknown or misplaced key in a section
+            raise ValueError(f"config: {exc}") from None
 
 
 @dataclass
@@ -77,8 +92,11 @@ class EditResult:
 
 def check_request(tokenizer, request: EditRequest) -> None:
     """Fail early, with the field named, on objects the tokenizer cannot express."""
-    for obj in (request.old_object, request.new_object):
-        prompt_and_target_ids(tokenizer, request.text, obj)
+    for field_name, obj in (("old_object", request.old_object), ("new_object", request.new_object)):
+        try:
+            prompt_and_target_ids(tokenizer, request.text, obj)
+        except TargetTokenizationError as exc:
+            raise TargetTokenizationError(f"{field_name}: {exc}") from None
 
 
 def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) -> TrainingContext:
@@ -86,8 +104,8 @@ def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) 
     prompts = training_prompts(request, prefixes)
     if uses_chat_template(tokenizer):
         prompts += [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
-    neighbours = same_template_prompts(request, subject_pool(), config.n_template_neighbours)
-    retain = RetainSet.from_model(model, tokenizer, retain_prompts() + neighbours)
+    neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours)
+    retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours))
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
     return TrainingContext(prompts=prompts, retain=retain, old_token=old_token)
 
@@ -129,7 +147,9 @@ def edit(
     localization = None
     if components is None:
         localization = localize(model, tokenizer, request, config.localize)
-        components = localization.select(config.localize.top_k, config.localize.kinds, config.localize.fraction)
+        lc = config.localize
+        max_layer = int(lc.max_layer_fraction * get_adapter(model).num_layers(model)) - 1
+        components = localization.select(lc.top_k, lc.kinds, lc.fraction, lc.positions, max_layer)
     timings["localize_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

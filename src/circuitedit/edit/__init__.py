@@ -1,6 +1,14 @@
 """Editors and baselines. Add one by adding a file and a line here."""
 
-from . import unlearn_then_learn  # noqa: F401  (registration side effect)
+from . import (
+    ft_full,  # noqa: F401
+    ft_localized,  # noqa: F401
+    ia3_all_layers,  # noqa: F401
+    learn_only,  # noqa: F401
+    lora_localized,  # noqa: F401
+    none,  # noqa: F401
+    unlearn_then_learn,  # noqa: F401  (registration side effect)
+)
 from .base import EDITORS, AdapterArtifact, EditorConfig, EditOutcome, TrainingContext, get_editor
 from .training import RetainSet, StageConfig, StageLog
 

@@ -21,11 +21,11 @@ from .training import RetainSet, StageConfig, StageLog
 class EditorConfig:
     unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0))
     learn: StageConfig = field(default_factory=StageConfig)
-    uncertainty: str = "I am not sure about {subject}."
+    uncertainty: str = "I am not sure."  # may use {subject}, e.g. "I am not sure where {subject} is."
     mlp_scaling: str = "hidden"  # IA3 on the MLP's hidden units ("hidden") or its output ("output")
     merge_learned: bool = True  # merge the stage-2 adapter too (False keeps it as an adapter)
     n_prefixes: int = 5  # model-generated context prefixes added to the training prompts
-    n_template_neighbours: int = 6  # other subjects in the edit template, kept by the KL term
+    n_template_neighbours: int = 8  # other subjects in the edit template, kept by the KL term
     seed: int = 0
 
 

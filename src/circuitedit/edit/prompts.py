@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluate.scoring import input_device
+from ..evaluate.scoring import input_device, last_token_logits
 from ..requests import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
@@ -37,7 +37,15 @@ def training_prompts(request: EditRequest, prefixes: list[str]) -> list[str]:
     return base + [f"{prefix} {request.text}" for prefix in prefixes]
 
 
-def same_template_prompts(request: EditRequest, pool: list[str], count: int) -> list[str]:
-    """The edit template filled with other subjects: their answers must not move."""
-    others = [s for s in pool if s.casefold() != request.subject.casefold()][:count]
-    return [request.fill(request.prompt, s) for s in others]
+@torch.no_grad()
+def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int) -> list[str]:
+    """The edit template filled with the `count` other subjects the model answers it for most
+    confidently (the same kind of entity, e.g. other landmarks for a landmark's city): the
+    neighbours an edit most easily drags along, so their answers are held by the KL term."""
+    if count <= 0:
+        return []
+    others = [s for s in pool if s.casefold() != request.subject.casefold()]
+    prompts = [request.fill(request.prompt, s) for s in others]
+    confidence = last_token_logits(model, tokenizer, prompts).softmax(-1).max(-1).values
+    order = confidence.argsort(descending=True)[:count].tolist()
+    return [prompts[i] for i in order]

@@ -27,13 +27,18 @@ from ..evaluate.scoring import (
 
 @dataclass
 class StageConfig:
-    lr: float = 5e-2
+    lr: float = 2e-2
     max_steps: int = 60
     min_steps: int = 1
     margin: float = 2.0
-    kl_weight: float = 1.0
+    kl_weight: float = 2.0
     suppress_weight: float = 1.0
     weight_decay: float = 0.0
+    # Train only this share of each vector's units: those with the largest first-step gradient.
+    # Adam moves every coordinate by ~lr regardless of its gradient, so without this mask an IA3
+    # vector drifts everywhere and drags unrelated facts along (None trains all units).
+    unit_fraction: float | None = None
+    retain_batch: int = 16  # retain prompts per step, taken in turn: all are seen every few steps
 
 
 @dataclass
@@ -61,10 +66,11 @@ class RetainSet:
     last: torch.Tensor  # (R,)
     reference_logprobs: torch.Tensor  # (R, V) from the unedited model
     prompts: list[str]
+    pinned: int = 0  # the first `pinned` prompts are in every step's batch
 
     @classmethod
     @torch.no_grad()
-    def from_model(cls, model: nn.Module, tokenizer, prompts: Sequence[str]) -> RetainSet:
+    def from_model(cls, model: nn.Module, tokenizer, prompts: Sequence[str], pinned: int = 0) -> RetainSet:
         device = input_device(model)
         ids = [encode_text(tokenizer, p) for p in prompts]
         width = max(map(len, ids))
@@ -72,18 +78,31 @@ class RetainSet:
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
         last = torch.tensor([len(r) - 1 for r in ids], device=device)
-        retain = cls(input_ids, mask, last, torch.empty(0), list(prompts))
+        retain = cls(input_ids, mask, last, torch.empty(0), list(prompts), pinned)
         retain.reference_logprobs = retain.logprobs(model).detach()
         return retain
 
-    def logprobs(self, model: nn.Module) -> torch.Tensor:
-        hidden = hidden_states(model, self.input_ids, self.attention_mask)
-        rows = torch.arange(len(self.last), device=hidden.device)
-        return torch.log_softmax(logits_from_hidden(model, hidden[rows, self.last.to(hidden.device)]), -1)
+    def logprobs(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', V) next-token log-probs of the prompts in `rows` (all by default)."""
+        rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
+        hidden = hidden_states(model, self.input_ids[rows], self.attention_mask[rows])
+        index = torch.arange(len(rows), device=hidden.device)
+        return torch.log_softmax(logits_from_hidden(model, hidden[index, self.last[rows].to(hidden.device)]), -1)
 
-    def kl(self, model: nn.Module) -> torch.Tensor:
-        current = self.logprobs(model)
-        ref = self.reference_logprobs.to(current.device)
+    def rows_for_step(self, step: int, size: int) -> torch.Tensor:
+        """The pinned prompts plus the next `size` of the others, in turn."""
+        count, device = len(self.last), self.last.device
+        rotating = count - self.pinned
+        if size <= 0 or size >= rotating:
+            return torch.arange(count, device=device)
+        turn = self.pinned + (torch.arange(size, device=device) + step * size) % rotating
+        return torch.cat([torch.arange(self.pinned, device=device), turn])
+
+    def kl(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean KL(original || current) over the prompts in `rows`."""
+        rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
+        current = self.logprobs(model, rows)
+        ref = self.reference_logprobs[rows.to(self.reference_logprobs.device)].to(current.device)
         return (ref.exp() * (ref - current)).sum(-1).mean()
 
 
@@ -92,6 +111,22 @@ def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     target_logit = logits.gather(1, targets[:, None]).squeeze(1)
     others = logits.scatter(1, targets[:, None], float("-inf"))
     return target_logit - others.max(-1).values
+
+
+def restrict_to_top_units(params: Sequence[nn.Parameter], fraction: float) -> None:
+    """Mask every later gradient to the units with the largest current |grad| (per vector)."""
+    for param in params:
+        if param.grad is None:
+            continue
+        magnitude = param.grad.detach().abs().flatten()
+        live = magnitude[magnitude > 0]
+        if live.numel() == 0:
+            continue
+        keep = max(1, int(round(fraction * live.numel())))
+        threshold = live.topk(keep).values[-1]
+        mask = (param.grad.detach().abs() >= threshold).to(param.grad.dtype)
+        param.grad.mul_(mask)
+        param.register_hook(lambda grad, mask=mask: grad * mask)
 
 
 def train_stage(
@@ -131,9 +166,11 @@ def train_stage(
             p_old = torch.softmax(logits[first_positions.to(logits.device)], -1)[:, suppress_token]
             loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
         if retain is not None and config.kl_weight:
-            loss = loss + config.kl_weight * retain.kl(model)
+            loss = loss + config.kl_weight * retain.kl(model, retain.rows_for_step(step, config.retain_batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if step == 0 and config.unit_fraction is not None:
+            restrict_to_top_units(params, config.unit_fraction)
         optimizer.step()
         log.losses.append(float(loss.detach()))
         log.steps = step + 1

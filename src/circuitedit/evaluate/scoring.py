@@ -184,20 +184,40 @@ def last_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch
 def greedy_continuations(
     model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
 ) -> list[str]:
-    """Greedy continuations (new text only) of already-rendered prompts, batched with left padding."""
+    """Greedy continuations (new text only) of already-rendered prompts.
+
+    A KV-cached loop over the transformer body, left padding with explicit position ids, and
+    the LM head applied to one contiguous (B, H) state per step: faster on CPU than `generate`.
+    """
     device = input_device(model)
     results: list[str] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     for start in range(0, len(prompts), batch_size):
         ids = [encode_text(tokenizer, p) for p in prompts[start:start + batch_size]]
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
-        out = model.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=pad, top_p=None, top_k=None, temperature=None,
-        )
-        results.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        past = None
+        generated = []
+        finished = torch.zeros(len(ids), dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            out = body(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                              past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            next_ids = logits_from_hidden(model, out.last_hidden_state[:, -1]).argmax(-1).to(device)
+            next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
+            generated.append(next_ids)
+            if eos is not None:
+                finished |= next_ids == eos
+            if bool(finished.all()):
+                break
+            input_ids = next_ids[:, None]
+            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(input_ids)], dim=1)
+        tokens = torch.stack(generated, dim=1).tolist()
+        results.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return results
 
 

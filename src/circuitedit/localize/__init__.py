@@ -1,6 +1,14 @@
 """Localizers: rank the components that carry a fact. Add one by adding a file and a line here."""
 
-from . import activation, attribution  # noqa: F401  (registration side effect)
+from . import (  # noqa: F401  (registration side effect: one line per localizer)
+    activation,
+    all_layers,
+    attribution,
+    causal_tracing,
+    fact_lookup,
+    gradient,
+    random_baseline,
+)
 from .base import (
     LOCALIZERS,
     ComponentScore,

@@ -15,6 +15,8 @@ class LocalizeConfig:
     method: str = "attribution"
     top_k: int = 8
     kinds: str = "both"  # "heads", "mlps" or "both"
+    positions: str = "all"  # rank by the effect at "subject" tokens, the "last" token, or "all"
+    max_layer_fraction: float = 1.0  # only components in the first this-share of layers
     fraction: float | None = None  # smallest set carrying this share of the total |effect|
     noise_scale: float = 3.0  # subject-embedding noise, in embedding std units (fallback corruption)
     use_paraphrases: bool = True  # aggregate scores over the edit prompt and its paraphrases
@@ -41,21 +43,32 @@ class LocalizationResult:
     seconds: float = 0.0
     corruption: str = ""
     details: dict = field(default_factory=dict)
+    # True for "no localization" results (all-layers): select() then returns every component of
+    # the requested kinds, whatever top_k / fraction say.
+    selects_all: bool = False
 
-    def component_scores(self) -> dict[Component, float]:
-        """One number per component: the largest |score| over its position groups."""
+    def component_scores(self, positions: str = "all") -> dict[Component, float]:
+        """One number per component: the largest |score| over its position groups
+        (or only over `positions`, e.g. "subject")."""
         agg: dict[Component, float] = defaultdict(float)
         for item in self.scores:
-            agg[item.component] = max(agg[item.component], abs(item.score))
+            # a score at position "all" (random, all-layers) belongs to no group: it always counts
+            if positions in ("all", item.position) or item.position == "all":
+                agg[item.component] = max(agg[item.component], abs(item.score))
         return dict(agg)
 
-    def ranked(self, kinds: str = "both") -> list[tuple[Component, float]]:
+    def ranked(self, kinds: str = "both", positions: str = "all",
+               max_layer: int | None = None) -> list[tuple[Component, float]]:
         allowed = {"both": (HEAD, MLP), "heads": (HEAD,), "mlps": (MLP,)}[kinds]
-        items = [(c, s) for c, s in self.component_scores().items() if c.kind in allowed]
+        items = [(c, s) for c, s in self.component_scores(positions).items()
+                 if c.kind in allowed and (max_layer is None or c.layer <= max_layer)]
         return sorted(items, key=lambda cs: (-cs[1], cs[0]))
 
-    def select(self, top_k: int = 8, kinds: str = "both", fraction: float | None = None) -> list[Component]:
-        ranked = self.ranked(kinds)
+    def select(self, top_k: int = 8, kinds: str = "both", fraction: float | None = None,
+               positions: str = "all", max_layer: int | None = None) -> list[Component]:
+        ranked = self.ranked(kinds, positions, max_layer)
+        if self.selects_all:
+            return [c for c, _ in ranked]
         if fraction is not None:
             total = sum(s for _, s in ranked) or 1.0
             chosen, running = [], 0.0
@@ -70,6 +83,7 @@ class LocalizationResult:
     def to_dict(self) -> dict:
         return {"method": self.method, "passes": self.passes, "seconds": self.seconds,
                 "corruption": self.corruption, "details": self.details,
+                "selects_all": self.selects_all,
                 "scores": [s.to_dict() for s in self.scores]}
 
 

@@ -1,0 +1,215 @@
+"""Compare the localizers on facts the model knows: cost and agreement with exact activation patching.
+
+    python benchmarks/localization.py ../shared/data/known/known_1000.json [--facts 12]
+        [--methods attribution,causal-tracing,...] [--model M] [--edit-facts N] [--top-k 8]
+
+Facts come from a ROME-style known-facts file (subject, attribute, template/prompt), in file
+order, kept when the model's greedy continuation of the prompt contains the attribute. For each
+method: seconds and forward+backward passes per fact (batched forwards count once, as the
+localizers report them), and agreement with activation patching (the reference, run on the same
+facts): Spearman correlation of the per-component scores (max |score| over position groups; a
+component a method does not score counts as 0) over all heads and MLPs, and the overlap of the
+top 10. Prints markdown tables. Timings on a shared CPU: compare ratios, not absolutes.
+
+--edit-facts N additionally edits the first N facts with circuitedit.edit on the components each
+localizer selects (top-k, --kinds) and reports the edit metrics per localizer (slow: one full
+unlearn-then-learn edit per fact and method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+
+from scipy.stats import spearmanr
+
+from circuitedit import edit, load_model
+from circuitedit.evaluate.facts import control_facts, controls_for
+from circuitedit.evaluate.runner import Probe, take_snapshot
+from circuitedit.evaluate.scoring import (
+    TargetTokenizationError,
+    contains_object,
+    greedy_continuations,
+)
+from circuitedit.localize import LocalizationError, LocalizeConfig, localize
+from circuitedit.localize.patching import subject_token_positions
+from circuitedit.models.arch import get_adapter
+from circuitedit.pipeline import EditConfig, check_request
+from circuitedit.requests import EditRequest, InvalidRequestError
+
+REFERENCE = "activation"
+DEFAULT_METHODS = ("attribution", "gradient", "causal-tracing", "fact-lookup", "random", "all-layers")
+EDIT_METRICS = ("new_fact_accuracy", "forget_rate", "f_control", "neighbourhood_accuracy")
+
+
+def read_known(path: Path, seed: int = 0) -> list[EditRequest]:
+    """EditRequests from a known-facts file; the new object is another fact's attribute of the
+    same relation (any other attribute when the relation has no other)."""
+    records = json.loads(Path(path).read_text(encoding="utf-8"))
+    by_relation: dict[str, list[str]] = {}
+    for r in records:
+        by_relation.setdefault(r.get("relation_id", ""), []).append(r["attribute"])
+    everything = [r["attribute"] for r in records]
+    rng = random.Random(seed)
+    requests = []
+    for r in records:
+        prompt = r.get("prompt") or r["template"].format(r["subject"])
+        pool = [a for a in by_relation.get(r.get("relation_id", ""), []) if a.casefold() != r["attribute"].casefold()]
+        pool = pool or [a for a in everything if a.casefold() != r["attribute"].casefold()]
+        try:
+            requests.append(EditRequest(subject=r["subject"], prompt=prompt, old_object=r["attribute"],
+                                        new_object=rng.choice(pool), relation=r.get("relation_id"),
+                                        case_id=str(r.get("known_id", len(requests)))))
+        except InvalidRequestError:
+            continue
+    return requests
+
+
+def select_known(model, tokenizer, requests: list[EditRequest], n: int, batch_size: int = 32) -> tuple[list[EditRequest], int]:
+    kept: list[EditRequest] = []
+    scanned = 0
+    while len(kept) < n and scanned < len(requests):
+        chunk = []
+        for request in requests[scanned:scanned + batch_size]:
+            try:
+                check_request(tokenizer, request)
+                subject_token_positions(tokenizer, request.prompt, request.subject)
+                chunk.append(request)
+            except (TargetTokenizationError, LocalizationError, ValueError):
+                pass
+        scanned += batch_size
+        texts = greedy_continuations(model, tokenizer, [r.text for r in chunk], max_new_tokens=8)
+        kept.extend(r for r, t in zip(chunk, texts, strict=True) if contains_object(t, r.old_object))
+    return kept[:n], min(scanned, len(requests))
+
+
+def score_vector(result, components) -> list[float]:
+    scores = result.component_scores()
+    return [scores.get(c, 0.0) for c in components]
+
+
+def top(result, components, k: int = 10) -> set:
+    scores = result.component_scores()
+    return {c for c in sorted(components, key=lambda c: (-scores.get(c, 0.0), c))[:k]}
+
+
+def fmt(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("known", type=Path, help="known-facts JSON (e.g. ../shared/data/known/known_1000.json)")
+    parser.add_argument("--facts", type=int, default=12)
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated localizers")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--top-k", type=int, default=8, help="components per edit (--edit-facts)")
+    parser.add_argument("--kinds", choices=["both", "heads", "mlps"], default="both")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--edit-facts", type=int, default=0, help="also edit this many facts per localizer")
+    parser.add_argument("--json-out", type=Path, default=None, help="write the raw per-fact numbers here")
+    args = parser.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != REFERENCE]
+
+    model, tokenizer = load_model(args.model)
+    adapter = get_adapter(model)
+    components = adapter.all_layer_components(model)
+    facts, scanned = select_known(model, tokenizer, read_known(args.known, args.seed), args.facts)
+    print(f"{len(facts)} known facts (of {scanned} scanned); {len(components)} components; "
+          f"methods: {REFERENCE} (reference), {', '.join(methods)}")
+    config = LocalizeConfig(top_k=args.top_k, kinds=args.kinds, seed=args.seed)
+    localize(model, tokenizer, facts[0], LocalizeConfig(method="attribution"))  # warm-up, not timed
+
+    rows: dict[str, dict[str, list]] = {m: {"seconds": [], "passes": [], "spearman": [], "top10": []}
+                                        for m in [REFERENCE, *methods]}
+    results: list[dict] = []
+    for index, request in enumerate(facts):
+        per_fact = {}
+        for method in [REFERENCE, *methods]:
+            cfg = LocalizeConfig(**{**config.__dict__, "method": method})
+            tick = time.perf_counter()
+            result = localize(model, tokenizer, request, cfg)
+            seconds = time.perf_counter() - tick
+            per_fact[method] = result
+            rows[method]["seconds"].append(seconds)
+            rows[method]["passes"].append(result.passes)
+            ref = per_fact[REFERENCE]
+            x, y = score_vector(result, components), score_vector(ref, components)
+            rho = float("nan") if len(set(x)) < 2 else float(spearmanr(x, y).statistic)
+            rows[method]["spearman"].append(rho)
+            overlap = float("nan") if result.selects_all else len(top(result, components) & top(ref, components)) / 10
+            rows[method]["top10"].append(overlap)
+        results.append({"subject": request.subject, "prompt": request.text, "old": request.old_object,
+                        "request": request, "localizations": per_fact})
+        print(f"  fact {index + 1}/{len(facts)} {request.subject!r}: "
+              + ", ".join(f"{m} {rows[m]['seconds'][-1]:.1f}s" for m in [REFERENCE, *methods]), flush=True)
+
+    ref_seconds = statistics.fmean(rows[REFERENCE]["seconds"])
+    print(f"\n{len(facts)} facts, model {getattr(model.config, 'model_type', '?')}, "
+          f"{adapter.num_layers(model)} layers x ({adapter.num_heads(model)} heads + MLP); "
+          "agreement is with exact activation patching (mean ± sd over facts)\n")
+    print("| method | s / fact | time / activation | passes / fact | Spearman vs activation | top-10 overlap |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for method in [REFERENCE, *methods]:
+        row = rows[method]
+        mean_s = statistics.fmean(row["seconds"])
+        print(f"| {method} | {mean_s:.2f} | {mean_s / ref_seconds:.3f} | {statistics.fmean(row['passes']):.1f} | "
+              f"{fmt(row['spearman'])} | {fmt(row['top10'])} |")
+
+    if args.edit_facts:
+        edit_table(model, tokenizer, results[: args.edit_facts], [REFERENCE, *methods], args)
+
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"rows": rows, "facts": [
+            {**{k: v for k, v in r.items() if k not in ("localizations", "request")},
+             "scores": {m: {c.name: s for c, s in res.component_scores().items()} for m, res in r["localizations"].items()}}
+            for r in results]}, indent=1, default=str) + "\n")
+
+
+def edit_table(model, tokenizer, results: list[dict], methods: list[str], args) -> None:
+    """Edit each fact once per localizer (its top-k components) and tabulate the edit metrics."""
+    controls = control_facts()
+    edit_config = EditConfig()
+    edit_config.localize.top_k, edit_config.localize.kinds = args.top_k, args.kinds
+    probes = [Probe("control", f.prompt, f.answer) for f in controls]
+    baseline = take_snapshot(model, tokenizer, _request(results[0]), probes, edit_config.evaluate, kinds={"control"})
+    table: dict[str, dict[str, list]] = {m: {k: [] for k in (*EDIT_METRICS, "components")} for m in methods}
+    for index, entry in enumerate(results):
+        request = _request(entry)
+        for method in methods:
+            chosen = entry["localizations"][method].select(args.top_k, args.kinds)
+            result = edit(model, tokenizer, request, edit_config, controls=controls_for(request, controls),
+                          control_baseline=baseline, components=chosen)
+            for key in EDIT_METRICS:
+                value = result.metrics.get(key)
+                table[method][key].append(float("nan") if value is None else float(value))
+            table[method]["components"].append(len(chosen))
+            print(f"  edit {index + 1}/{len(results)} {request.subject!r} [{method}]: "
+                  + ", ".join(f"{k} {result.metrics.get(k)}" for k in EDIT_METRICS), flush=True)
+    print(f"\nEdit quality per localization ({len(results)} facts, top-{args.top_k} {args.kinds}; "
+          "all-layers edits every component)\n")
+    print("| localizer | components | " + " | ".join(EDIT_METRICS) + " |")
+    print("|---|---:|" + "---:|" * len(EDIT_METRICS))
+    for method in methods:
+        row = table[method]
+        print(f"| {method} | {statistics.fmean(row['components']):.0f} | "
+              + " | ".join(fmt(row[k]) for k in EDIT_METRICS) + " |")
+
+
+def _request(entry: dict) -> EditRequest:
+    return entry["request"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Audit an edit: is the old fact gone, or only hidden?
+
+`audit_edit(base, tokenizer, request, stage1, stage2)` measures the unedited model, the model
+after stage 1 (unlearning, merged) and after stage 2 (learning) with four families of probes
+(latent knowledge, conditional access, relearning, format robustness) and gives a verdict.
+`load_edit(DIR)` rebuilds the three models from an `edit --out DIR` directory;
+`stage_models(base, result)` from an in-memory `EditResult` (for bench).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ..evaluate.facts import Fact
+from ..requests import EditRequest
+from .access import access_report
+from .data import known_facts, pool_facts, same_relation_facts
+from .formats import formats_report
+from .latent import ProbeFact, latent_report
+from .relearn import forget_measure, relearn_report
+from .verdict import verdict
+
+__all__ = ["AuditConfig", "AuditReport", "audit_edit", "load_edit", "stage_models", "write_audit"]
+
+MODELS = ("base", "stage1", "stage2")
+
+
+@dataclass
+class AuditConfig:
+    probe_steps: int = 150
+    min_probe_accuracy: float = 0.5  # probe layers below this held-out accuracy are not trusted
+    probe_folds: int = 5  # k-fold cross-validation for held-out accuracy (0: leave-one-out)
+    lens_top_k: int = 10  # the logit lens "reaches" the old object when it ranks in this top-k
+    relearn_steps: int = 10
+    relearn_lr: float = 3e-5
+    relearn: bool = True
+    require_known: bool = True  # probe / relearning facts: only those the base model answers
+    use_subject_pool: bool = True  # add pool subjects the base model places among the objects
+    max_new_tokens: int = 12
+    seed: int = 0
+
+
+@dataclass
+class AuditReport:
+    request: EditRequest
+    latent: dict
+    access: dict
+    formats: dict
+    relearn: dict | None
+    verdict: dict
+    timings: dict
+    config: AuditConfig
+    facts: list[ProbeFact] = field(default_factory=list)
+    model: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "request": self.request.to_dict(), "verdict": self.verdict,
+                "latent": self.latent, "access": self.access, "formats": self.formats, "relearn": self.relearn,
+                "relation_facts": [asdict(f) for f in self.facts], "timings": self.timings,
+                "config": asdict(self.config)}
+
+    def to_markdown(self) -> str:
+        from .markdown import audit_markdown
+
+        return audit_markdown(self.to_dict())
+
+
+def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_model: nn.Module,
+               stage2_model: nn.Module, config: AuditConfig | None = None, *,
+               facts: list[Fact] | None = None, model_name: str | None = None) -> AuditReport:
+    """Audit one edit. facts: same-relation facts to use (default: the built-in control facts)."""
+    config = config or AuditConfig()
+    timings: dict[str, float] = {}
+    start = tick = time.perf_counter()
+    models = {"base": base_model, "stage1": stage1_model, "stage2": stage2_model}
+    relation = same_relation_facts(request, facts)
+    if config.require_known:
+        relation = known_facts(base_model, tokenizer, relation)
+    if config.use_subject_pool:
+        objects = sorted({f.answer for f in relation} | {request.old_object})
+        seen = {f.subject.casefold() for f in relation}
+        relation += [f for f in pool_facts(base_model, tokenizer, request, objects) if f.subject.casefold() not in seen]
+    timings["facts_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    edit_fact = ProbeFact(request.text, request.subject, request.old_object)
+    latent = latent_report(models, tokenizer, edit_fact, request.old_object, request.new_object, relation,
+                           config.probe_steps, config.min_probe_accuracy, config.probe_folds)
+    timings["latent_s"] = time.perf_counter() - tick
+
+    distractors = [c for c in latent["candidates"]
+                   if c.casefold() not in (request.old_object.casefold(), request.new_object.casefold())][:2]
+    tick = time.perf_counter()
+    access = access_report(models, tokenizer, request, relation, distractors, config.max_new_tokens)
+    timings["access_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    formats = formats_report(models, tokenizer, request, distractors, config.max_new_tokens)
+    timings["formats_s"] = time.perf_counter() - tick
+
+    relearn = None
+    if config.relearn:
+        tick = time.perf_counter()
+        before = forget_measure(stage2_model, tokenizer, request)
+        relearn = relearn_report(stage2_model, tokenizer, request, relation, config.relearn_steps,
+                                 config.relearn_lr, before)
+        relearn["base"] = forget_measure(base_model, tokenizer, request)
+        timings["relearn_s"] = time.perf_counter() - tick
+
+    data = {"request": request.to_dict(), "latent": latent, "access": access, "formats": formats, "relearn": relearn}
+    result = verdict(data, config.lens_top_k)
+    timings["total_s"] = time.perf_counter() - start
+    timings = {k: round(v, 2) for k, v in timings.items()}
+    return AuditReport(request, latent, access, formats, relearn, result, timings, config, relation, model_name)
+
+
+# ---- rebuilding the stage models -------------------------------------------------------------
+
+
+def _merged(model: nn.Module, adapter_dir: Path) -> nn.Module:
+    from peft import PeftModel
+
+    from ..edit.ia3 import merge_fp32
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
+    merged = merge_fp32(peft_model)
+    merged.eval()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return merged
+
+
+def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):
+    """(base, tokenizer, request, stage1, stage2, edit_json) from an `edit --out` directory.
+
+    The base model is edit.json's "model" (or `model`, or the embedded default); stage 1 is it
+    with adapters/unlearn merged, stage 2 stage 1 with adapters/learn merged.
+    """
+    from ..models import load_model
+
+    edit_dir = Path(edit_dir)
+    meta_path = edit_dir / "edit.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} not found (is {edit_dir} an `edit --out` directory?)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    for stage in ("unlearn", "learn"):
+        if not (edit_dir / "adapters" / stage / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{edit_dir / 'adapters' / stage} has no PEFT adapter "
+                                    f"(audit needs an unlearn-then-learn edit)")
+    loaded = load_model(model or meta.get("model"), dtype=dtype, device=device)
+    request = EditRequest.from_dict(meta["request"])
+    stage1 = _merged(loaded.model, edit_dir / "adapters" / "unlearn")
+    stage2 = _merged(stage1, edit_dir / "adapters" / "learn")
+    return loaded.model, loaded.tokenizer, request, stage1, stage2, {**meta, "model": loaded.name}
+
+
+def stage_models(base_model: nn.Module, result) -> tuple[nn.Module, nn.Module]:
+    """(stage1, stage2) rebuilt from an in-memory EditResult's adapter artifacts."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    from ..edit.ia3 import merge_fp32
+
+    artifacts = {a.name: a for a in result.outcome.adapters}
+    if not {"unlearn", "learn"} <= set(artifacts):
+        raise ValueError("audit needs an edit with 'unlearn' and 'learn' adapters")
+    models = []
+    current = base_model
+    for name in ("unlearn", "learn"):
+        art = artifacts[name]
+        peft_model = get_peft_model(copy.deepcopy(current), copy.deepcopy(art.peft_config))
+        set_peft_model_state_dict(peft_model, art.state)
+        current = merge_fp32(peft_model)
+        current.eval()
+        for p in current.parameters():
+            p.requires_grad_(False)
+        models.append(current)
+    return models[0], models[1]
+
+
+def write_audit(report: AuditReport, out_dir: Path | str) -> tuple[Path, Path]:
+    """OUT/audit.json and OUT/audit.md."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "audit.json", out_dir / "audit.md"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    md_path.write_text(report.to_markdown(), encoding="utf-8")
+    return json_path, md_path

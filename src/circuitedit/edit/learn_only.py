@@ -1,0 +1,17 @@
+"""`learn-only`: one IA3 stage straight to the new object on the localized components
+(no unlearning stage first): the ablation of the unlearn step."""
+
+from __future__ import annotations
+
+from .base import AdapterArtifact, EditOutcome, register
+from .ia3 import merge_fp32
+from .unlearn_then_learn import ia3_stage
+
+
+@register("learn-only")
+def learn_only(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
+    targets = [request.new_object] * len(context.prompts)
+    peft_model, log = ia3_stage("learn", model, tokenizer, components, targets, context, config.learn, config, progress)
+    artifact = AdapterArtifact.capture("learn", peft_model)
+    edited = merge_fp32(peft_model) if config.merge_learned else peft_model
+    return EditOutcome(model=edited, stages=[log], adapters=[artifact])

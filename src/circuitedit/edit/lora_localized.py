@@ -1,0 +1,82 @@
+"""`lora-localized`: a LoRA adapter (PEFT) on the localized modules only, merged after training.
+
+Same modules as ft-localized; for head components the LoRA down-projection reads only the
+selected heads' slice of the attention output projection's input (other columns zeroed and
+their gradient masked), so unselected heads are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from ..models.arch import get_adapter
+from .base import AdapterArtifact, EditOutcome, register
+from .ft_full import ft_stage_config
+from .ft_localized import head_masks
+from .training import train_stage
+
+LORA_RANK = 8
+LORA_ALPHA = 16
+LORA_LR = 1e-3
+
+
+def merge_lora(peft_model: PeftModel) -> nn.Module:
+    """Merge in fp32 (low-precision base layers are upcast for the merge and cast back)."""
+    base = peft_model.get_base_model()
+    restore = {}
+    for name, module in base.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
+            layer = module.base_layer
+            if layer.weight.dtype != torch.float32:
+                restore[name] = layer.weight.dtype
+                layer.to(torch.float32)
+    merged = peft_model.merge_and_unload()
+    for name, dtype in restore.items():
+        merged.get_submodule(name).to(dtype)
+    return merged
+
+
+@register("lora-localized")
+def lora_localized(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
+    if not components:
+        raise ValueError("lora-localized needs at least one localized component")
+    adapter = get_adapter(model)
+    masks = head_masks(model, adapter, components)
+    targets = adapter.weight_targets(components)
+    conv1d = hasattr(model.get_submodule(targets[0]), "nx")  # GPT-2 Conv1D stores weights (in, out)
+    lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=targets, bias="none",
+                      fan_in_fan_out=conv1d)
+    peft_model = get_peft_model(model, lora)
+    base = peft_model.get_base_model()
+    params, effective = [], 0
+    for name in targets:
+        module = base.get_submodule(name)
+        # LoRA layers are created in the base layer's dtype; train them in fp32.
+        module.lora_A["default"].float()
+        module.lora_B["default"].float()
+        down, up = module.lora_A["default"].weight, module.lora_B["default"].weight  # (r, in), (out, r)
+        if name in masks:
+            weight_mask = masks[name]
+            column = weight_mask.any(0) if not hasattr(module.base_layer, "nx") else weight_mask.any(1)
+            with torch.no_grad():
+                keep = column.to(down.dtype)
+                down.mul_(keep)
+            down.register_hook(lambda grad, keep=keep: grad * keep)
+            effective += int(column.sum()) * down.shape[0]
+        else:
+            effective += down.numel()
+        effective += up.numel()
+        params += [down, up]
+    for p in peft_model.parameters():
+        p.requires_grad_(any(p is q for q in params))
+    labels = [request.new_object] * len(context.prompts)
+    log = train_stage("lora", base, tokenizer, context.prompts, labels, params,
+                      ft_stage_config(config, LORA_LR, "lora_lr"), context.retain, context.old_token, progress)
+    log.trainable_parameters = effective
+    artifact = AdapterArtifact.capture("lora", peft_model)
+    merged = merge_lora(peft_model)
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return EditOutcome(model=merged, stages=[log], adapters=[artifact])

@@ -1,0 +1,185 @@
+"""The audit's measurements on tiny random models (and a probe on synthetic data)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from circuitedit.audit import AuditConfig, audit_edit, stage_models, write_audit
+from circuitedit.audit.access import indirect_prompts
+from circuitedit.audit.data import same_relation_facts, template_subject
+from circuitedit.audit.formats import format_prompts, subject_variants
+from circuitedit.audit.latent import (
+    FINAL,
+    SUBJECT,
+    ProbeFact,
+    cross_validated_probe,
+    layer_states,
+    lens_ranks,
+    probe_predict,
+    subject_last_index,
+)
+from circuitedit.audit.relearn import (
+    LeakError,
+    check_no_leak,
+    finetune,
+    other_fact_examples,
+    subject_examples,
+)
+from circuitedit.audit.verdict import HARD, NOT, SOFT, verdict
+from circuitedit.evaluate.facts import demo_requests
+from circuitedit.evaluate.scoring import encode_text
+from tiny import tiny_model
+
+FAST = AuditConfig(probe_steps=20, relearn_steps=2, require_known=False, use_subject_pool=False,
+                   max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return tiny_model("gemma3_text")
+
+
+def _synthetic(n_per_class: int, classes: int, noise: float, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    dim, layers = 32, 3
+    candidates = torch.randn(classes, dim, generator=gen)
+    labels = torch.arange(classes).repeat(n_per_class)
+    states = torch.randn(len(labels), layers, dim, generator=gen) * noise
+    states[:, 1] += candidates[labels] * 3  # layer 1 encodes the object, layers 0 and 2 do not
+    states[:, 2] = torch.randn(len(labels), dim, generator=gen)
+    return states, labels, candidates
+
+
+def test_probe_reaches_known_accuracy_on_synthetic_data():
+    states, labels, candidates = _synthetic(6, 4, noise=1.0)
+    acc, weights = cross_validated_probe(states, labels, candidates, steps=60, folds=4)
+    assert acc[1] >= 0.95  # the encoding layer is read on held-out examples
+    assert acc[2] <= 0.6  # pure noise stays near chance (0.25)
+    probs = probe_predict(weights, states, candidates)
+    assert probs.shape == (len(labels), 3, 4)
+    assert torch.allclose(probs.sum(-1), torch.ones(len(labels), 3))
+
+
+def test_probe_held_out_accuracy_is_not_training_accuracy():
+    # Labels unrelated to the states: a probe can fit them, but held out it is at chance.
+    states, _, candidates = _synthetic(5, 4, noise=1.0)
+    labels = torch.randint(0, 4, (len(states),), generator=torch.Generator().manual_seed(1))
+    acc, _ = cross_validated_probe(states[:, 2:], labels, candidates, steps=60, folds=5)
+    assert acc[0] <= 0.55
+
+
+def test_layer_states_and_lens(gemma):
+    model, tokenizer = gemma
+    fact = ProbeFact("The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris")
+    states = layer_states(model, tokenizer, [fact])
+    n_layers = model.config.num_hidden_layers
+    assert states[FINAL].shape == (1, n_layers + 1, model.config.hidden_size)
+    # The last entry is the model's own final state: its lens is the next-token distribution.
+    ids = torch.tensor([encode_text(tokenizer, fact.prompt)])
+    logits = model(ids).logits[0, -1]
+    token = int(logits.argmax())
+    assert lens_ranks(model, states[FINAL][0], token)[-1] == 1
+    index = subject_last_index(tokenizer, fact.prompt, fact.subject)
+    assert tokenizer.convert_ids_to_tokens(encode_text(tokenizer, fact.prompt)[index]) == "Tower"
+    assert not torch.equal(states[SUBJECT], states[FINAL])
+
+
+def test_same_relation_facts_exclude_the_edited_subject():
+    request = demo_requests()[0]
+    facts = same_relation_facts(request)
+    assert facts and all("Eiffel" not in f.prompt for f in facts)
+    assert template_subject(request.prompt, "The Colosseum is located in the city of") == "Colosseum"
+    assert template_subject(request.prompt, "Paris is big") is None
+    assert {f.subject for f in facts} >= {"Colosseum", "Kremlin"}
+
+
+def test_relearning_never_trains_on_the_edited_fact(gemma):
+    request = demo_requests()[0]
+    facts = same_relation_facts(request) + [ProbeFact(request.text, request.subject, request.old_object),
+                                            ProbeFact("The Eiffel Tower is in", "Eiffel Tower", "Paris")]
+    examples = other_fact_examples(request, facts)
+    assert examples
+    assert all(request.subject not in p and p not in request.training_prompts + request.held_out_prompts
+               for p, _ in examples)
+    with pytest.raises(LeakError):
+        check_no_leak(request, [(request.text, request.old_object)])
+    sentences = subject_examples(request)
+    assert sentences and all(request.subject in s and "Paris" not in s for _, s in sentences)
+    # The attack really changes weights, on a copy only.
+    model, tokenizer = gemma
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = finetune(model, tokenizer, examples, steps=2, lr=1e-3)
+    assert any(not torch.equal(tuned.state_dict()[k], v) for k, v in before.items())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_indirect_prompts_and_formats_cover_the_kinds(gemma):
+    _, tokenizer = gemma
+    request = demo_requests()[0]
+    kinds = {p.kind for p in indirect_prompts(tokenizer, request, same_relation_facts(request))}
+    assert kinds >= {"question", "template", "long_context", "few_shot", "cue"}
+    formats = format_prompts(tokenizer, request)
+    assert {"cloze", "question", "subject_lower", "subject_upper"} <= set(formats)
+    assert subject_variants(request)["subject_upper"].startswith("The EIFFEL TOWER")
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "llama"])
+def test_audit_edit_end_to_end_on_a_tiny_model(family, tmp_path):
+    model, tokenizer = tiny_model(family)
+    request = demo_requests()[0]
+    stage1, stage2 = copy.deepcopy(model), copy.deepcopy(model)
+    with torch.no_grad():
+        for p in stage2.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    report = audit_edit(model, tokenizer, request, stage1, stage2, FAST)
+    data = report.to_dict()
+    assert data["verdict"]["label"] in (HARD, SOFT, NOT)
+    assert set(data["latent"]["models"]) == {"base", "stage1", "stage2"}
+    assert data["relearn"]["attacks"]["other_facts"]["train_examples"] > 0
+    assert "multiple_choice" in {r["kind"] for r in data["access"]["models"]["base"]["rows"]}
+    assert data["timings"]["total_s"] > 0
+    json_path, md_path = write_audit(report, tmp_path)
+    assert json.loads(json_path.read_text())["verdict"] == data["verdict"]
+    text = md_path.read_text()
+    assert "Verdict" in text and "Relearning" in text and "Audit cost" in text
+
+
+def _fake_audit(cloze_forget: float, lens_rank: int, access_old: bool) -> dict:
+    latent = {pos: {"lens_old_rank": [1, 50, lens_rank], "probe_reads_old_layers": [],
+                    "probe_heldout_accuracy": [0.0, 0.0, 0.0]} for pos in ("subject_last", "final")}
+    return {
+        "request": {"old_object": "Paris"},
+        "latent": {"models": {"stage2": latent}},
+        "access": {"models": {"stage2": {"old_kinds": ["cue"] if access_old else [],
+                                         "rows": [{"kind": "cue", "old": access_old}]}}},
+        "formats": {"models": {"stage2": {"cloze": {"forget_rate": cloze_forget}}}},
+        "relearn": None,
+    }
+
+
+def test_verdict_labels():
+    assert verdict(_fake_audit(0.0, 1, True))["label"] == NOT
+    assert verdict(_fake_audit(1.0, 500, False))["label"] == HARD
+    soft = verdict(_fake_audit(1.0, 3, True))
+    assert soft["label"] == SOFT and {"logit lens", "indirect prompts"} <= set(soft["reaching"])
+
+
+def test_stage_models_rebuild_an_edit_result(gemma):
+    from circuitedit.pipeline import EditConfig, edit
+
+    model, tokenizer = gemma
+    config = EditConfig()
+    config.localize.method = "random"
+    config.localize.top_k = 2
+    config.editor.unlearn.max_steps = config.editor.learn.max_steps = 2
+    config.editor.n_prefixes = 0
+    config.editor.n_template_neighbours = 0
+    result = edit(model, tokenizer, demo_requests()[0], config)
+    stage1, stage2 = stage_models(model, result)
+    ids = torch.tensor([encode_text(tokenizer, demo_requests()[0].text)])
+    assert torch.allclose(stage2(ids).logits, result.model(ids).logits, atol=1e-4)
+    assert not torch.allclose(stage1(ids).logits, model(ids).logits)

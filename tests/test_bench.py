@@ -1,0 +1,170 @@
+"""`circuitedit bench` end to end on a tiny random model and a shipped fixture of invented facts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitedit.cli import main
+from circuitedit.evaluate.bench import BenchConfig, read_results, run_bench
+from circuitedit.evaluate.facts import control_facts
+from circuitedit.evaluate.scoring import greedy_continuations
+from circuitedit.pipeline import EditConfig
+from tiny import tiny_model
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bench_facts.jsonl"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine thread contention makes
+    them ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny Gemma-3 model, and control facts it 'knows' (its own greedy answers), so
+    F_control is defined for a random model."""
+    root = tmp_path_factory.mktemp("bench")
+    model, tokenizer = tiny_model("gemma3_text")
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    prompts = [f.prompt for f in control_facts()[:8]]
+    answers = [text.split()[0] for text in greedy_continuations(model, tokenizer, prompts, 10)]
+    # Short training (the tiny random model never reaches the margin) keeps the test fast.
+    (root / "config.json").write_text(json.dumps({"editor": {"learn": {"max_steps": 6}, "n_prefixes": 1,
+                                                             "n_template_neighbours": 2}}))
+    (root / "controls.jsonl").write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n"
+                                                 for p, a in zip(prompts, answers, strict=True)))
+    return root
+
+
+def _args(tiny_dir: Path, out: Path, methods: str, *extra: str) -> list[str]:
+    return ["bench", "--data", str(FIXTURE), "--format", "jsonl", "--n", "2", "--methods", methods,
+            "--model", str(tiny_dir / "model"), "--dtype", "fp32", "--device", "cpu", "--keep-unknown",
+            "--controls", str(tiny_dir / "controls.jsonl"), "--top-k", "3", "--config", str(tiny_dir / "config.json"), "--generation-tokens", "8",
+            "--out", str(out), *extra]
+
+
+def test_bench_two_facts_two_methods(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*_args(tiny_dir, out, "none,learn-only"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    for name in ("results.jsonl", "summary.json", "summary.md", "summary.png", "bench.json"):
+        assert (out / name).stat().st_size > 0, name
+    records = read_results(out / "results.jsonl")
+    assert len(records) == 4 and not any(r.get("error") for r in records)
+    assert {(r["key"], r["method"]) for r in records} == {(k, m) for k in ("0", "1") for m in ("none", "learn-only")}
+    assert summary["selection"]["kept"] == [0, 1] and summary["selection"]["criterion"].startswith("none")
+
+    none = summary["methods"]["none"]["metrics"]
+    assert none["new_fact_accuracy"]["mean"] == 0.0
+    assert none["f_control"]["mean"] == 1.0  # the unedited model keeps every fact it knew
+    assert none["steps"]["mean"] == 0 and none["trainable_parameters"]["mean"] == 0
+    assert none["mc_new_first"]["n"] == 2 and none["perplexity"]["mean"] == pytest.approx(summary["base"]["perplexity"])
+
+    learn = summary["methods"]["learn-only"]["metrics"]
+    assert learn["steps"]["mean"] > 0 and learn["trainable_parameters"]["mean"] > 0
+    assert learn["efficacy"]["mean"] >= none["efficacy"]["mean"]
+    assert learn["seconds"]["mean"] > 0
+    by_method = {r["method"]: r for r in records if r["key"] == "0"}
+    assert len(by_method["learn-only"]["components"]) == 3 and by_method["none"]["components"] == []
+    # numbers come from the edit: summary means are the means of the per-fact lines
+    values = [r["metrics"]["efficacy"] for r in records if r["method"] == "learn-only"]
+    assert learn["efficacy"]["mean"] == pytest.approx(sum(values) / len(values))
+    assert learn["efficacy"]["low"] <= learn["efficacy"]["mean"] <= learn["efficacy"]["high"]
+    table = (out / "summary.md").read_text()
+    assert "| metric | none | learn-only |" in table and "F_control" in table and "2 kept of 2 scanned" in table
+
+
+def test_results_are_flushed_per_edit_and_resume_skips_them(tiny_dir, tmp_path):
+    out = tmp_path / "resume"
+    seen = []
+
+    def on_record(record):  # each finished edit is on disk before the next starts
+        seen.append(len(read_results(out / "results.jsonl")))
+
+    config = BenchConfig(data=str(FIXTURE), fmt="jsonl", out=str(out), n=2, methods=["none"],
+                         model=str(tiny_dir / "model"), dtype="fp32", device="cpu", keep_unknown=True,
+                         controls=str(tiny_dir / "controls.jsonl"), generation_tokens=8,
+                         edit=EditConfig.from_dict(json.loads((tiny_dir / "config.json").read_text())))
+    run_bench(config, on_record=on_record)
+    assert seen == [1, 2]
+
+    # Interrupted mid-write: one finished line (marked) and a truncated second one.
+    lines = (out / "results.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["metrics"]["seconds"] = -1.0
+    (out / "results.jsonl").write_text(json.dumps(first) + "\n" + lines[1][: len(lines[1]) // 2])
+    with pytest.raises(ValueError, match="--resume"):
+        run_bench(config)
+    seen.clear()
+    summary = run_bench(config, resume=True, on_record=on_record)
+    records = read_results(out / "results.jsonl")
+    assert seen == [2] and len(records) == 2  # only the unfinished fact was redone
+    assert records[0]["metrics"]["seconds"] == -1.0 and records[1]["key"] == "1"
+    assert summary["methods"]["none"]["n"] == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "file is empty"),
+    ('{"subject": "Foo", "prompt": "Foo is in", "old_object": "Paris", "new_object": "Rome"}\n{"subject": "Bar"}\n',
+     "record 1"),
+    ('{"subject": "Foo", "prompt": "Foo is in", "old_object": "Paris", "new_object": "Rome"}\n{"subject": "Ba',
+     "line 2"),
+])
+def test_bad_data_files_name_the_file_and_record(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(content)
+    assert main(["bench", "--data", str(bad), "--format", "jsonl", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and message in err
+
+
+def test_unknown_method_is_a_user_error(tmp_path, capsys):
+    assert main(["bench", "--data", str(FIXTURE), "--format", "jsonl", "--methods", "nope",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_fluency_and_multiple_choice_helpers():
+    from circuitedit.evaluate.bench import bootstrap_interval
+    from circuitedit.evaluate.datasets import load_requests
+    from circuitedit.evaluate.fluency import neutral_text, ngram_entropy
+    from circuitedit.evaluate.multiple_choice import choice_set, distractors_for
+
+    assert ngram_entropy("the the the the the the") < ngram_entropy(neutral_text()[:300])
+    assert len(neutral_text().split()) > 200
+    low, high = bootstrap_interval([0.0, 1.0, 1.0, 0.0, 1.0], samples=200)
+    assert 0.0 <= low < 0.6 < high <= 1.0
+    requests = load_requests(FIXTURE, "jsonl")
+    distractors = distractors_for(requests[0], requests, 2)
+    assert len(distractors) == 2 and not {"Paris", "Rome"} & set(distractors)
+    _, tokenizer = tiny_model("gpt2")
+    choices = choice_set(tokenizer, requests[0], distractors)
+    assert len(choices.prompts) == 4 and all("A. " in p and "D. " in p for p in choices.prompts)
+    assert sorted(order[0] for order in choices.orders) == [0, 1, 2, 3]  # each option once at A
+
+
+def test_fact_selection_counts_what_it_scanned(tmp_path):
+    from circuitedit.evaluate.bench import knows, select_facts
+    from circuitedit.evaluate.datasets import load_requests
+
+    model, tokenizer = tiny_model("gemma3_text")
+    sports = tmp_path / "sports.csv"
+    sports.write_text("athlete,sport\nFoo Bar,basketball\nBaz Qux,football\nCharles Qux,baseball\n")
+    requests = load_requests(sports, "sports")
+    verdicts = knows(model, tokenizer, requests, "sports")
+    selection = select_facts(model, tokenizer, requests, "sports", n=10)
+    assert selection.kept == [i for i, ok in enumerate(verdicts) if ok] and selection.scanned == 3
+    assert selection.criterion.startswith("true sport ranks first")
+    cloze = load_requests(FIXTURE, "jsonl")
+    selection = select_facts(model, tokenizer, cloze, "jsonl", n=1, keep_unknown=True)
+    assert selection.kept == [0] and selection.scanned == 1

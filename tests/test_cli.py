@@ -1,0 +1,108 @@
+"""The command line fails on bad input with one line on stderr, exit code 2 and no output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+from circuitedit.cli import main
+from tiny import tiny_tokenizer
+
+EIFFEL_ARGS = ["--subject", "Eiffel Tower", "--prompt", "The Eiffel Tower is located in the city of",
+               "--old", "Paris", "--new", "Rome"]
+
+
+def _replace(args: list[str], flag: str, value: str) -> list[str]:
+    args = list(args)
+    args[args.index(flag) + 1] = value
+    return args
+
+
+@pytest.fixture(scope="module")
+def neox_dir(tmp_path_factory):
+    """A saved tiny GPT-NeoX model: a real causal LM of an architecture we do not support."""
+    path = tmp_path_factory.mktemp("tiny-neox")
+    tokenizer = tiny_tokenizer()
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _assert_user_error(argv, capsys, out_dir, *expected):
+    code = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("circuitedit: error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], lines[0]
+    assert not out_dir.exists()
+    assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}")]  # no temp dirs
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"--prompt": "The Louvre is located in the city of"}, ("prompt:", "'Eiffel Tower' not found")),
+        ({"--old": " "}, ("old_object:", "must not be empty")),
+        ({"--old": ""}, ("missing --old",)),
+        ({"--new": "paris"}, ("new_object:", "equals old_object")),
+        ({"--new": "Zanzibar"}, ("new_object:", "cannot express target 'Zanzibar'")),
+        ({"--old": "Xanadu"}, ("old_object:", "cannot express target 'Xanadu'")),
+    ],
+)
+def test_bad_request_on_the_command_line(saved_tiny, tmp_path, capsys, changes, expected):
+    args = EIFFEL_ARGS
+    for flag, value in changes.items():
+        args = _replace(args, flag, value)
+    out = tmp_path / "out"
+    argv = ["edit", *args, "--model", str(saved_tiny), "--dtype", "fp32", "--device", "cpu", "--out", str(out)]
+    _assert_user_error(argv, capsys, out, *expected)
+
+
+def test_unknown_field_in_a_requests_file(saved_tiny, tmp_path, capsys):
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps({"subject": "Eiffel Tower", "prompt": "The {} is located in the city of",
+                                    "old_object": "Paris", "new_object": "Rome", "colour": "red"}) + "\n")
+    out = tmp_path / "out"
+    argv = ["edit", "--requests", str(requests), "--model", str(saved_tiny), "--device", "cpu", "--out", str(out)]
+    _assert_user_error(argv, capsys, out, str(requests), "record 0", "unknown field(s): colour")
+
+
+def test_bad_config_file(saved_tiny, tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"editor": {"unlearn": {"max_stepz": 3}}}))
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--out", str(out)]
+    _assert_user_error(argv, capsys, out, "config:", "max_stepz")
+
+
+def test_unsupported_architecture(neox_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--model", str(neox_dir), "--dtype", "fp32", "--device", "cpu", "--out", str(out)]
+    line = _assert_user_error(argv, capsys, out, "unsupported architecture 'gpt_neox'", "supported:")
+    for model_type in ("gemma3_text", "gpt2", "llama", "phi3", "qwen2"):
+        assert model_type in line
+
+
+def test_not_a_model_directory(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--model", str(empty), "--device", "cpu", "--out", str(out)]
+    _assert_user_error(argv, capsys, out, "not a model directory")
+
+
+def test_ask_answers_with_a_tiny_model(saved_tiny, capsys):
+    code = main(["ask", "The Eiffel Tower is located in", "Paris is", "--model", str(saved_tiny),
+                 "--dtype", "fp32", "--device", "cpu", "--max-new-tokens", "3", "--json"])
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [row["prompt"] for row in lines] == ["The Eiffel Tower is located in", "Paris is"]
+    assert all(isinstance(row["continuation"], str) for row in lines)

@@ -1,0 +1,155 @@
+"""`circuitedit.edit` end to end on a tiny model, the saved outputs, and the editor on every family."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model_state_dict
+from safetensors.torch import load_file
+
+from circuitedit import EditConfig, EditRequest, edit
+from circuitedit.edit import EditorConfig, StageConfig, TrainingContext, get_editor
+from circuitedit.edit.base import freeze
+from circuitedit.edit.ia3 import merge_fp32
+from circuitedit.evaluate.scoring import prompt_and_target_ids
+from circuitedit.models import HEAD, MLP, Component, get_adapter
+from circuitedit.report import write_edit_outputs
+from tiny import FAMILIES, tiny_model
+
+FAMILY, SEED = "gemma3_text", 0
+METRIC_KEYS = {"new_fact_accuracy", "paraphrase_accuracy", "train_paraphrase_accuracy", "question_accuracy",
+               "forget_rate", "f_control", "control_known_before", "neighbourhood_accuracy", "efficacy",
+               "paraphrase_efficacy"}
+REQUEST = dict(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", old_object="Paris",
+               new_object="Rome", paraphrases=["Tourists visit the Eiffel Tower in the city of"],
+               test_paraphrases=["The Eiffel Tower can be found in"],
+               neighbourhood=[{"prompt": "The Louvre is located in the city of", "answer": "Paris"}])
+
+
+def small_config() -> EditConfig:
+    config = EditConfig()
+    config.localize.top_k = 4
+    config.editor.unlearn.max_steps = 3
+    config.editor.learn.max_steps = 3
+    config.editor.n_prefixes = 1
+    config.editor.n_template_neighbours = 2
+    config.evaluate.max_new_tokens = 3
+    return config
+
+
+@pytest.fixture(scope="module")
+def edited():
+    threads = torch.get_num_threads()  # module scope runs before conftest's one-thread fixture
+    torch.set_num_threads(1)
+    try:
+        model, tokenizer = tiny_model(FAMILY, SEED)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        result = edit(model, tokenizer, EditRequest(**REQUEST), small_config())
+    finally:
+        torch.set_num_threads(threads)
+    return model, tokenizer, before, result
+
+
+@pytest.fixture(scope="module")
+def outputs(edited, tmp_path_factory):
+    _, tokenizer, _, result = edited
+    out = tmp_path_factory.mktemp("edit") / "out"
+    assert write_edit_outputs(result, out, tokenizer, save_model=True) == out
+    return out
+
+
+def test_edit_runs_end_to_end(edited):
+    _, _, _, result = edited
+    assert METRIC_KEYS <= set(result.metrics)
+    for key in ("new_fact_accuracy", "paraphrase_accuracy", "train_paraphrase_accuracy", "forget_rate",
+                "efficacy", "paraphrase_efficacy"):
+        assert 0.0 <= result.metrics[key] <= 1.0, key
+    assert result.metrics["question_accuracy"] is None  # no chat template on the tiny tokenizer
+    assert {"evaluate_before_s", "localize_s", "train_s", "unlearn_s", "learn_s", "evaluate_after_s",
+            "total_s"} <= set(result.timings)
+    assert len(result.components) == 4 and result.localization.method == "attribution"
+    assert [s.name for s in result.outcome.stages] == ["unlearn", "learn"]
+    assert all(1 <= s.steps <= 3 for s in result.outcome.stages)
+    assert {r.kind for r in result.rows} >= {"edit", "train_paraphrase", "test_paraphrase", "neighbourhood"}
+    data = json.loads(json.dumps(result.to_dict(), default=str))
+    assert data["steps"] == result.outcome.steps and data["method"] == "unlearn-then-learn"
+    assert [c["name"] for c in data["components"]] == [c.name for c in result.components]
+
+
+def test_input_model_is_bit_identical(edited):
+    model, _, before, result = edited
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert not any(p.requires_grad is False for p in model.parameters())  # not frozen in place either
+    assert result.model is not model
+    assert not isinstance(result.model, PeftModel)  # merged (merge_learned=True)
+    changed = {k for k, v in result.model.state_dict().items() if not torch.equal(v, before[k])}
+    adapter = get_adapter(model)
+    allowed = {adapter.module_name(c) + ".weight" for c in result.components}
+    assert changed and changed <= allowed
+
+
+def test_outputs_are_peft_adapters_that_reproduce_the_edit(edited, outputs):
+    _, _, _, result = edited
+    saved = json.loads((outputs / "edit.json").read_text())
+    assert saved["metrics"] == json.loads(json.dumps(result.metrics))
+    assert (outputs / "model" / "config.json").exists()
+
+    model = tiny_model(FAMILY, SEED)[0]  # a fresh copy: unlearn, merge, learn, merge
+    for artifact in result.outcome.adapters:
+        directory = outputs / "adapters" / artifact.name
+        assert (directory / "adapter_config.json").exists()
+        assert (directory / "adapter_model.safetensors").exists()
+        config = json.loads((directory / "adapter_config.json").read_text())
+        assert config["peft_type"] == "IA3"
+        stored = load_file(str(directory / "adapter_model.safetensors"))
+        assert stored.keys() == artifact.state.keys()
+        peft_model = PeftModel.from_pretrained(model, str(directory))
+        loaded = get_peft_model_state_dict(peft_model)
+        assert loaded.keys() == artifact.state.keys()
+        for key, value in artifact.state.items():
+            assert torch.equal(loaded[key].cpu(), value), key
+        model = merge_fp32(peft_model)
+    ids = torch.tensor([[2, 216, 74, 225, 367, 388, 366, 504, 291, 416]])
+    with torch.no_grad():
+        replayed, direct = model(input_ids=ids).logits, result.model(input_ids=ids).logits
+    assert torch.allclose(replayed, direct, atol=1e-5)
+
+
+def test_edit_config_round_trip():
+    config = small_config()
+    assert EditConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="unknown key"):
+        EditConfig.from_dict({"localise": {"top_k": 2}})
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_editor_changes_only_selected_components(family):
+    """One unlearn and one learn step on every family: fused (phi3) and Conv1D (gpt2) included."""
+    model, tokenizer = tiny_model(family)
+    request = EditRequest(**REQUEST)
+    components = [Component(0, HEAD, 1), Component(1, MLP)]
+    context = TrainingContext(prompts=request.training_prompts, retain=None,
+                              old_token=prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0])
+    config = EditorConfig(unlearn=StageConfig(max_steps=1, margin=1.0), learn=StageConfig(max_steps=1))
+    working = copy.deepcopy(model)
+    freeze(working)
+    outcome = get_editor("unlearn-then-learn")(working, tokenizer, request, components, context, config, None)
+    assert [s.steps for s in outcome.stages] == [1, 1]
+    assert [a.name for a in outcome.adapters] == ["unlearn", "learn"]
+
+    adapter = get_adapter(model)
+    old, new = model.state_dict(), outcome.model.state_dict()
+    changed = {k for k in old if not torch.equal(old[k], new[k])}
+    attn, mlp = adapter.attn_out_name(0) + ".weight", adapter.mlp_out_name(1) + ".weight"
+    assert changed == {attn, mlp}
+    conv1d = family == "gpt2"  # Conv1D weight is (in, out): a head is a block of rows
+    for head in range(adapter.num_heads(model)):
+        sl = adapter.head_slice(model, head)
+        same = torch.equal(old[attn][sl], new[attn][sl]) if conv1d else torch.equal(old[attn][:, sl], new[attn][:, sl])
+        assert same == (head != 1), head

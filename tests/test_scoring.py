@@ -1,0 +1,144 @@
+"""Scoring primitives: prompt/target split, teacher-forced log-probs, greedy decoding, matching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitedit.evaluate.scoring import (
+    TargetTokenizationError,
+    build_batch,
+    contains_object,
+    greedy_continuations,
+    join_target,
+    last_token_logits,
+    object_logprobs,
+    prompt_and_target_ids,
+)
+from tiny import FAMILIES, tiny_model
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+def test_prompt_and_target_ids_split(tokenizer):
+    prompt_ids, target_ids = prompt_and_target_ids(tokenizer, PROMPT, "Paris")
+    assert prompt_ids == tokenizer(PROMPT)["input_ids"]
+    assert prompt_ids[0] == tokenizer.bos_token_id
+    assert tokenizer.convert_ids_to_tokens(target_ids) == ["Paris"]
+    prompt_ids2, target_ids = prompt_and_target_ids(tokenizer, PROMPT, "Rome , Berlin")
+    assert prompt_ids2 == prompt_ids
+    assert tokenizer.convert_ids_to_tokens(target_ids) == ["Rome", ",", "Berlin"]
+    assert prompt_ids + target_ids == tokenizer(PROMPT + " Rome , Berlin")["input_ids"]
+    # A prompt that already carries the BOS gets no second one.
+    with_bos = prompt_and_target_ids(tokenizer, "<bos>" + PROMPT, "Paris")
+    assert with_bos == (prompt_ids, prompt_and_target_ids(tokenizer, PROMPT, "Paris")[1])
+
+
+def test_prompt_and_target_ids_errors(tokenizer):
+    with pytest.raises(TargetTokenizationError, match="cannot express target 'Zanzibar'"):
+        prompt_and_target_ids(tokenizer, PROMPT, "Zanzibar")
+    with pytest.raises(TargetTokenizationError, match="produces no tokens"):
+        prompt_and_target_ids(tokenizer, PROMPT, "")
+
+
+def test_join_target():
+    assert join_target("in the city of", "Paris") == "in the city of Paris"
+    assert join_target("in the city of ", "Paris") == "in the city of Paris"
+    assert join_target("Paris", ", France") == "Paris, France"
+    assert join_target("", "Paris") == "Paris"
+
+
+class MergingTokenizer:
+    """Greedy longest-match over a tiny vocabulary in which "of P" is one token, so the
+    prompt's last token merges with the target's first one across the boundary."""
+
+    vocab = {"<bos>": 0, "of P": 1, "of": 2, " ": 3, "P": 4, "aris": 5, "city": 6}
+    bos_token = "<bos>"
+    unk_token_id = None
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [0] if add_special_tokens else []
+        while text:
+            piece = max((p for p in self.vocab if text.startswith(p)), key=len)
+            ids.append(self.vocab[piece])
+            text = text[len(piece):]
+        return {"input_ids": ids}
+
+
+def test_prompt_and_target_split_moves_to_common_prefix_on_a_boundary_merge():
+    prompt_ids, target_ids = prompt_and_target_ids(MergingTokenizer(), "city of", "Paris")
+    assert prompt_ids == [0, 6, 3]  # "<bos> city ' '": "of" merged into the target's first token
+    assert target_ids == [1, 5]
+
+
+def test_build_batch_positions(tokenizer):
+    batch = build_batch(tokenizer, [PROMPT, "Michael Jordan plays"], ["Rome , Berlin", "tennis"])
+    n_prompt = len(tokenizer(PROMPT)["input_ids"])
+    assert batch.input_ids.shape == (2, n_prompt + 3)
+    assert batch.attention_mask[1].tolist() == [1] * 5 + [0] * (n_prompt - 2)  # right padding
+    assert batch.rows.tolist() == [0, 0, 0, 1]
+    assert batch.positions.tolist() == [n_prompt - 1, n_prompt, n_prompt + 1, 3]
+    assert batch.owners.tolist() == [0, 0, 0, 1]
+    assert batch.last_positions.tolist() == [n_prompt - 1, 3]
+    for row, pos, target in zip(batch.rows, batch.positions, batch.targets, strict=True):
+        assert batch.input_ids[row, pos + 1] == target  # the next token of a scored position
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_object_logprobs_equal_a_manual_full_forward(family):
+    model, tokenizer = tiny_model(family)
+    prompts = [PROMPT, "Michael Jordan plays the sport of", "Paris"]
+    objects = ["Rome , Berlin", "basketball", "is the capital of France"]
+    got = object_logprobs(model, tokenizer, prompts, objects, batch_size=2)  # two batches, padding
+    expected = []
+    with torch.no_grad():
+        for prompt, obj in zip(prompts, objects, strict=True):
+            ids = tokenizer(prompt + " " + obj)["input_ids"]
+            n_prompt = len(tokenizer(prompt)["input_ids"])
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+            expected.append(sum(logp[pos - 1, ids[pos]].item() for pos in range(n_prompt, len(ids))))
+    assert got.shape == (3,)
+    assert got.tolist() == pytest.approx(expected, abs=1e-4)
+
+    last = last_token_logits(model, tokenizer, prompts, batch_size=2)
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            full = model(input_ids=torch.tensor([tokenizer(prompt)["input_ids"]])).logits[0, -1].float()
+            assert torch.allclose(last[row], full, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_continuations_match_generate(family):
+    model, tokenizer = tiny_model(family)
+    prompts = [PROMPT, "Michael Jordan plays"]  # different lengths: left padding in one batch
+    got = greedy_continuations(model, tokenizer, prompts, max_new_tokens=4)
+    for prompt, text in zip(prompts, got, strict=True):
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert text == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "obj", "expected"),
+    [
+        (" Paris, the capital", "Paris", True),
+        (" paris is nice", "Paris", True),
+        (" PARIS.", "Paris", True),
+        (" Parisian food", "Paris", False),
+        (" in Comparison", "Paris", False),
+        (" New York City", "New York", True),
+        (" New Yorker", "New York", False),
+        (" Yorkshire", "York", False),
+        (" I code in C++ daily", "C++", True),
+        (" the U.S. team", "U.S.", True),
+        (" the US team", "U.S.", False),
+        (" basketball", "ball", False),
+        (" anything", "", False),
+        (" anything", "   ", False),
+        ("", "Paris", False),
+    ],
+)
+def test_contains_object_word_boundaries(text, obj, expected):
+    assert contains_object(text, obj) is expected
