@@ -210,11 +210,12 @@ def test_known_answer_fact_lookup_ranks_the_mlp_first(mlp_carrier):
 
 
 @pytest.mark.parametrize("method", SCORING)
-def test_known_answer_mlp_ranked_first(mlp_carrier, method):
+def test_known_answer_mlp_ranked_first_among_mlps(mlp_carrier, method):
+    # the other MLP writes nothing; the (random) heads do move the MLP's output, so only the
+    # MLP ranking is determined by construction
     model, tokenizer = mlp_carrier
     result = localize(model, tokenizer, REQUEST, LocalizeConfig(method=method))
-    assert result.select(1) == [CARRIER_MLP], result.ranked()[:3]
-    assert result.select(1, kinds="mlps") == [CARRIER_MLP]
+    assert result.select(1, kinds="mlps") == [CARRIER_MLP], result.ranked("mlps")
 
 
 def test_causal_trace_details(models):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from peft import IA3Config, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from ..models.arch import ArchitectureAdapter
@@ -54,7 +55,7 @@ def mask_unselected_heads(peft_model: nn.Module, adapter: ArchitectureAdapter, c
 
 
 def merge_fp32(peft_model: PeftModel) -> nn.Module:
-    """Merge the IA3 adapter into the base weights in fp32 and return the plain model.
+    """Merge a PEFT adapter (IA3, LoRA) into the base weights in fp32; return the plain model.
 
     Low-precision weights are upcast for the multiplication and cast back once, so merged
     and adapter outputs agree to fp32 rounding.
@@ -62,7 +63,7 @@ def merge_fp32(peft_model: PeftModel) -> nn.Module:
     base = peft_model.get_base_model()
     restore = {}
     for name, module in base.named_modules():
-        if hasattr(module, "ia3_l") and hasattr(module, "base_layer"):
+        if isinstance(module, BaseTunerLayer):
             layer = module.base_layer
             if layer.weight.dtype != torch.float32:
                 restore[name] = layer.weight.dtype

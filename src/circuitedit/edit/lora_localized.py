@@ -8,34 +8,18 @@ their gradient masked), so unselected heads are untouched.
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from torch import nn
+from peft import LoraConfig, get_peft_model
 
 from ..models.arch import get_adapter
 from .base import AdapterArtifact, EditOutcome, register
 from .ft_full import ft_stage_config
 from .ft_localized import head_masks
+from .ia3 import merge_fp32
 from .training import train_stage
 
 LORA_RANK = 8
 LORA_ALPHA = 16
 LORA_LR = 1e-3
-
-
-def merge_lora(peft_model: PeftModel) -> nn.Module:
-    """Merge in fp32 (low-precision base layers are upcast for the merge and cast back)."""
-    base = peft_model.get_base_model()
-    restore = {}
-    for name, module in base.named_modules():
-        if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
-            layer = module.base_layer
-            if layer.weight.dtype != torch.float32:
-                restore[name] = layer.weight.dtype
-                layer.to(torch.float32)
-    merged = peft_model.merge_and_unload()
-    for name, dtype in restore.items():
-        merged.get_submodule(name).to(dtype)
-    return merged
 
 
 @register("lora-localized")
@@ -76,7 +60,7 @@ def lora_localized(model, tokenizer, request, components, context, config, progr
                       ft_stage_config(config, LORA_LR, "lora_lr"), context.retain, context.old_token, progress)
     log.trainable_parameters = effective
     artifact = AdapterArtifact.capture("lora", peft_model)
-    merged = merge_lora(peft_model)
+    merged = merge_fp32(peft_model)
     for p in merged.parameters():
         p.requires_grad_(False)
     return EditOutcome(model=merged, stages=[log], adapters=[artifact])
