@@ -4,7 +4,6 @@ tokenizer that covers the package's built-in prompts, so unit tests run in secon
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -41,7 +40,6 @@ def _words() -> list[str]:
     return sorted(words)
 
 
-@lru_cache(maxsize=1)
 def _tokenizer_backend() -> Tokenizer:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + _words())}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
