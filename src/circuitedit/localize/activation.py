@@ -11,7 +11,7 @@ import torch
 from ..models.arch import get_adapter
 from ..models.components import HEAD
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .patching import PatchingSetup, site_hooks
+from .patching import PatchingSetup, row_patcher, site_hooks
 from .prompts import localization_setups
 
 
@@ -42,16 +42,8 @@ def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size:
         for row, (_c, _g, site, positions, dims) in enumerate(chunk):
             by_site.setdefault(site, []).append((row, positions, dims))
 
-        def patch(site, act, by_site=by_site):
-            if site not in by_site:
-                return None
-            act = act.clone()
-            for row, positions, dims in by_site[site]:
-                act[row, positions, dims] = corrupt_acts[site][0, positions, dims]
-            return act
-
         ids = setup.clean_ids.expand(len(chunk), -1)
-        with site_hooks(model, adapter, patch):
+        with site_hooks(model, adapter, row_patcher(by_site, corrupt_acts)):
             metrics = setup.run(model, ids)
         passes += 1
         for (comp, group, *_), value in zip(chunk, metrics.tolist(), strict=True):

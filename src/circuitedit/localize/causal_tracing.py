@@ -29,7 +29,13 @@ from ..evaluate.scoring import (
 from ..models.arch import get_adapter
 from ..models.components import HEAD, MLP, Component
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .patching import LocalizationError, site_hooks, subject_noise, subject_token_positions
+from .patching import (
+    LocalizationError,
+    row_patcher,
+    site_hooks,
+    subject_noise,
+    subject_token_positions,
+)
 
 BATCH_SIZE = 32
 HIDDEN = "hidden"
@@ -157,13 +163,7 @@ def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZ
                 site = (layer, MLP if what == MLP else HEAD)
                 site_rows.setdefault(site, []).append((row, pos, dims))
 
-        def restore_site(site, act, site_rows=site_rows):
-            if site not in site_rows:
-                return None
-            act = act.clone()
-            for row, pos, dims in site_rows[site]:
-                act[row, pos, dims] = clean_sites[site][0, pos, dims]
-            return act
+        restore_site = row_patcher(site_rows, clean_sites)
 
         def restore_hidden(layer, hidden, hidden_rows=hidden_rows):
             if layer not in hidden_rows:

@@ -54,6 +54,23 @@ def site_hooks(model: nn.Module, adapter: ArchitectureAdapter, fn: SiteFn) -> It
             handle.remove()
 
 
+def row_patcher(rows_by_site: dict, source: dict) -> SiteFn:
+    """A SiteFn that writes `source[site][0, positions, dims]` into the listed batch rows.
+
+    rows_by_site: {site: [(row, positions, dims), ...]}; source: {site: (1, T, D) activation}.
+    """
+
+    def patch(site, act):
+        if site not in rows_by_site:
+            return None
+        act = act.clone()
+        for row, positions, dims in rows_by_site[site]:
+            act[row, positions, dims] = source[site][0, positions, dims]
+        return act
+
+    return patch
+
+
 @contextmanager
 def subject_noise(model: nn.Module, positions: Sequence[int], noise: torch.Tensor | None) -> Iterator[None]:
     """Add `noise` (len(positions), H) to the input embeddings at the subject positions."""
