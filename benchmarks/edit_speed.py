@@ -19,10 +19,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None)
     parser.add_argument("--request", type=int, default=0, help="index of the built-in demo request")
+    parser.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
     args = parser.parse_args()
 
     tick = time.perf_counter()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     load_s = time.perf_counter() - tick
     request = demo_requests()[args.request]
     result = edit(model, tokenizer, request)

@@ -183,7 +183,8 @@ def edit_table(model, tokenizer, results: list[dict], methods: list[str], args) 
     edit_config = EditConfig()
     edit_config.localize.top_k, edit_config.localize.kinds = args.top_k, args.kinds
     probes = [Probe("control", f.prompt, f.answer) for f in controls]
-    baseline = take_snapshot(model, tokenizer, _request(results[0]), probes, edit_config.evaluate, kinds={"control"})
+    baseline = take_snapshot(model, tokenizer, _request(results[0]), probes, edit_config.evaluate, kinds={"control"},
+                             margins=True)
     table: dict[str, dict[str, list]] = {m: {k: [] for k in (*EDIT_METRICS, "components")} for m in methods}
     for index, entry in enumerate(results):
         request = _request(entry)

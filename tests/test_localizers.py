@@ -74,7 +74,7 @@ def test_deterministic(models, method):
 
 def test_random_is_seeded_and_draws_top_k(models):
     model, tokenizer = models["llama"]
-    draws = [localize(model, tokenizer, REQUEST, LocalizeConfig(method="random", seed=s, top_k=3)) for s in (0, 0, 1)]
+    draws = [localize(model, tokenizer, REQUEST, LocalizeConfig(method="random", seed=s, top_k=3, kinds="both")) for s in (0, 0, 1)]
     assert draws[0].select(3) == draws[1].select(3)
     assert draws[0].select(3) != draws[2].select(3)
     assert len(draws[0].select(3)) == 3 and draws[0].details["drawn"] == [c.name for c in draws[0].select(3)]

@@ -31,7 +31,7 @@ REQUEST = dict(subject="Eiffel Tower", prompt="The Eiffel Tower is located in th
 
 def small_config() -> EditConfig:
     config = EditConfig()
-    config.localize.top_k = 4
+    config.localize.top_k, config.localize.kinds, config.localize.positions = 4, "both", "all"
     config.editor.unlearn.max_steps = 3
     config.editor.learn.max_steps = 3
     config.editor.n_prefixes = 1

@@ -136,11 +136,12 @@ def edit(
     probes = probes_for(request, controls, tokenizer)
     tick = time.perf_counter()
     if control_baseline is None:
-        before = take_snapshot(model, tokenizer, request, probes, config.evaluate)
+        before = take_snapshot(model, tokenizer, request, probes, config.evaluate, margins=True)
     else:
         before = take_snapshot(model, tokenizer, request, probes, config.evaluate,
-                               kinds={p.kind for p in probes} - {"control"})
+                               kinds={p.kind for p in probes} - {"control"}, margins=True)
         before.continuations.update({k: v for k, v in control_baseline.continuations.items() if k[0] == "control"})
+        before.margins.update({k: v for k, v in control_baseline.margins.items() if k[0] == "control"})
     timings["evaluate_before_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -168,7 +169,7 @@ def edit(
     tick = time.perf_counter()
     after = take_snapshot(outcome.model, tokenizer, request, probes, config.evaluate)
     timings["evaluate_after_s"] = time.perf_counter() - tick
-    rows = probe_rows(request, probes, before, after)
+    rows = probe_rows(request, probes, before, after, config.evaluate.known_margin)
     metrics = edit_metrics(request, rows, before, after)
     timings["total_s"] = time.perf_counter() - start
     return EditResult(request, outcome.model, list(components), localization, outcome, rows, metrics, timings, config)

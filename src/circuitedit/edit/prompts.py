@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..evaluate.scoring import input_device, last_token_logits
+from ..evaluate.scoring import input_device, last_token_logits, prompt_and_target_ids
 from ..requests import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
@@ -39,13 +39,18 @@ def training_prompts(request: EditRequest, prefixes: list[str]) -> list[str]:
 
 @torch.no_grad()
 def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int) -> list[str]:
-    """The edit template filled with the `count` other subjects the model answers it for most
-    confidently (the same kind of entity, e.g. other landmarks for a landmark's city): the
-    neighbours an edit most easily drags along, so their answers are held by the KL term."""
+    """The edit template filled with other subjects, the neighbours an edit most easily drags along,
+    so that the KL term holds their answers:
+
+    - the `count` pool subjects for which the model gives the old object the highest probability
+      (hard negatives: an edit that learned "old -> new" instead of "this subject -> new" flips them);
+    - the `count // 2` others the model answers most confidently (same kind of entity)."""
     if count <= 0:
         return []
     others = [s for s in pool if s.casefold() != request.subject.casefold()]
     prompts = [request.fill(request.prompt, s) for s in others]
-    confidence = last_token_logits(model, tokenizer, prompts).softmax(-1).max(-1).values
-    order = confidence.argsort(descending=True)[:count].tolist()
-    return [prompts[i] for i in order]
+    probs = last_token_logits(model, tokenizer, prompts, batch_size=64).float().softmax(-1)  # (P, V)
+    old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
+    hard = probs[:, old_token].argsort(descending=True)[:count].tolist()
+    confident = [i for i in probs.max(-1).values.argsort(descending=True).tolist() if i not in hard]
+    return [prompts[i] for i in hard + confident[: count // 2]]

@@ -440,7 +440,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     base_ppl = perplexity(model, tokenizer)
     control_probes = [Probe("control", f.prompt, f.answer) for f in controls]
     control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
-                                     config.edit.evaluate, kinds={"control"})
+                                     config.edit.evaluate, kinds={"control"}, margins=True)
 
     pairs = plan(config.methods, config.localizers)
     done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}

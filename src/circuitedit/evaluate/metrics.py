@@ -19,6 +19,8 @@ class ProbeRow:
     expected_before: bool
     expected_after: bool
     old_after: bool
+    known_before: bool  # expected_before, and (controls, neighbours) not by a near-tie
+    margin_before: float | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -28,13 +30,17 @@ def _mean(values: list[bool]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def probe_rows(request: EditRequest, probes: list[Probe], before: Snapshot, after: Snapshot) -> list[ProbeRow]:
+def probe_rows(request: EditRequest, probes: list[Probe], before: Snapshot, after: Snapshot,
+               known_margin: float = 0.0) -> list[ProbeRow]:
     rows = []
     for p in probes:
         key = (p.kind, p.prompt)
         b, a = before.continuations.get(key, ""), after.continuations.get(key, "")
-        rows.append(ProbeRow(p.kind, p.prompt, p.expected, b, a, contains_object(b, p.expected),
-                             contains_object(a, p.expected), contains_object(a, request.old_object)))
+        margin = before.margins.get(key)
+        expected_before = contains_object(b, p.expected)
+        known = expected_before and (margin is None or margin >= known_margin)
+        rows.append(ProbeRow(p.kind, p.prompt, p.expected, b, a, expected_before,
+                             contains_object(a, p.expected), contains_object(a, request.old_object), known, margin))
     return rows
 
 
@@ -44,7 +50,7 @@ def edit_metrics(request: EditRequest, rows: list[ProbeRow], before: Snapshot, a
         by_kind.setdefault(row.kind, []).append(row)
     get = lambda kind: by_kind.get(kind, [])  # noqa: E731
 
-    retained = lambda kind: _mean([r.expected_after for r in get(kind) if r.expected_before])  # noqa: E731
+    retained = lambda kind: _mean([r.expected_after for r in get(kind) if r.known_before])  # noqa: E731
     forget_rows = get("edit") + get("test_paraphrase")
 
     def efficacy(kinds: tuple[str, ...]) -> float | None:
@@ -61,7 +67,8 @@ def edit_metrics(request: EditRequest, rows: list[ProbeRow], before: Snapshot, a
         "question_accuracy": _mean([r.expected_after for r in get("question")]),
         "forget_rate": _mean([not r.old_after for r in forget_rows]),
         "f_control": retained("control"),
-        "control_known_before": sum(r.expected_before for r in get("control")),
+        "control_known_before": sum(r.known_before for r in get("control")),
+        "control_near_ties_excluded": sum(r.expected_before and not r.known_before for r in get("control")),
         "neighbourhood_accuracy": retained("neighbourhood"),
         "efficacy": efficacy(("edit",)),
         "paraphrase_efficacy": efficacy(("test_paraphrase",)),

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from ..requests import EditRequest
 from .facts import Fact
-from .scoring import CHAT, greedy_continuations, object_logprobs, render_prompt, uses_chat_template
+from .scoring import (
+    CHAT,
+    greedy_continuations,
+    last_token_logits,
+    object_logprobs,
+    render_prompt,
+    uses_chat_template,
+)
 
 
 @dataclass
@@ -14,6 +21,11 @@ class EvalConfig:
     max_new_tokens: int = 10
     chat_max_new_tokens: int = 24
     batch_size: int = 32
+    # A control or neighbourhood fact counts as known before the edit when the greedy continuation
+    # names its answer AND the first generated token wins by at least this many logits. Facts the
+    # model answers by a near-tie (0.1 logit) flip under any perturbation, even bf16 rounding, and
+    # would measure noise rather than collateral damage. 0 counts every correct continuation.
+    known_margin: float = 1.0
 
 
 @dataclass
@@ -28,6 +40,11 @@ class Probe:
 class Snapshot:
     continuations: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, prompt) -> text
     logprobs: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (kind, prompt, object) -> lp
+    # (kind, prompt) -> top-1 minus top-2 next-token logit, for the kinds in MARGIN_KINDS
+    margins: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+MARGIN_KINDS = ("control", "neighbourhood")
 
 
 def probes_for(request: EditRequest, controls: list[Fact], tokenizer) -> list[Probe]:
@@ -43,10 +60,16 @@ def probes_for(request: EditRequest, controls: list[Fact], tokenizer) -> list[Pr
 
 
 def take_snapshot(model, tokenizer, request: EditRequest, probes: list[Probe], config: EvalConfig,
-                  kinds: set[str] | None = None) -> Snapshot:
-    """Greedy continuations of every probe (of `kinds`, if given) and efficacy log-probs."""
+                  kinds: set[str] | None = None, margins: bool = False) -> Snapshot:
+    """Greedy continuations of every probe (of `kinds`, if given) and efficacy log-probs;
+    with `margins`, the first-token margin of the control and neighbourhood probes too."""
     snap = Snapshot()
     selected = [p for p in probes if kinds is None or p.kind in kinds]
+    margin_probes = [p for p in selected if margins and p.kind in MARGIN_KINDS and not p.chat]
+    if margin_probes:
+        top2 = last_token_logits(model, tokenizer, [p.prompt for p in margin_probes], config.batch_size).topk(2, -1)
+        for probe, (first, second) in zip(margin_probes, top2.values.tolist(), strict=True):
+            snap.margins[(probe.kind, probe.prompt)] = first - second
     for chat, max_new in ((False, config.max_new_tokens), (True, config.chat_max_new_tokens)):
         group = [p for p in selected if p.chat == chat]
         if not group:

@@ -6,6 +6,7 @@ at the positions a score or loss needs, on a contiguous 2-D hidden state.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -180,6 +181,11 @@ def last_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch
     return torch.cat(out) if out else torch.zeros(0)
 
 
+def cache_keyword(module: nn.Module) -> str:
+    """The KV-cache argument's name: `cache` from transformers 5.x on, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def greedy_continuations(
     model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
@@ -193,6 +199,7 @@ def greedy_continuations(
     results: list[str] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
+    cache_kw = cache_keyword(body(model))
     for start in range(0, len(prompts), batch_size):
         ids = [encode_text(tokenizer, p) for p in prompts[start:start + batch_size]]
         width = max(map(len, ids))
@@ -204,8 +211,8 @@ def greedy_continuations(
         finished = torch.zeros(len(ids), dtype=torch.bool, device=device)
         for _ in range(max_new_tokens):
             out = body(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                              past_key_values=past, use_cache=True)
-            past = out.past_key_values
+                              use_cache=True, **{cache_kw: past})
+            past = getattr(out, cache_kw)
             next_ids = logits_from_hidden(model, out.last_hidden_state[:, -1]).argmax(-1).to(device)
             next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
             generated.append(next_ids)

@@ -14,8 +14,13 @@ from ..models.components import HEAD, MLP, Component
 class LocalizeConfig:
     method: str = "attribution"
     top_k: int = 8
-    kinds: str = "both"  # "heads", "mlps" or "both"
-    positions: str = "all"  # rank by the effect at "subject" tokens, the "last" token, or "all"
+    # The edit trains MLPs ranked by their effect at the subject's tokens (fact lookup, Guo et al.
+    # 2024): an IA3 vector on an MLP's hidden units only acts where those units fire, so it can
+    # be specific to a subject, while a scaled head output moves every prompt that head reads.
+    # Measured on 8 dev edits: F_control 0.964 vs 0.92 and neighbourhood 0.78 vs 0.56 for
+    # "both"/"all" (README). Heads and last-token effects stay selectable.
+    kinds: str = "mlps"  # "heads", "mlps" or "both"
+    positions: str = "subject"  # rank by the effect at "subject" tokens, the "last" token, or "all"
     max_layer_fraction: float = 1.0  # only components in the first this-share of layers
     fraction: float | None = None  # smallest set carrying this share of the total |effect|
     noise_scale: float = 3.0  # subject-embedding noise, in embedding std units (fallback corruption)

@@ -52,6 +52,13 @@ def cache_root() -> Path:
     return Path(base) / "circuitedit"
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: oneDNN then runs bf16 matmuls natively (measured ~3x faster than fp32
+    for a training step on 2 cores). `get_cpu_capability()` only says "AVX512" on such CPUs."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """`auto`: bf16 where the hardware computes it natively (CUDA, CPUs with AVX512-BF16/AMX),
     fp32 elsewhere; on a plain AVX2 CPU bf16 matmuls are emulated and far slower."""
@@ -60,8 +67,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     if dtype in (None, "auto"):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        capability = torch.backends.cpu.get_cpu_capability().upper()
-        return torch.bfloat16 if ("AMX" in capability or "BF16" in capability) else torch.float32
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     table = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
              "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
     if dtype not in table:
