@@ -20,7 +20,9 @@ from .training import RetainSet, StageConfig, StageLog
 @dataclass
 class EditorConfig:
     unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0))
-    learn: StageConfig = field(default_factory=StageConfig)
+    # Learning to a 4-logit margin (not 2) generalises to more held-out paraphrases: 0.66 vs 0.50
+    # on 8 dev edits, F_control 0.968 vs 0.972, 30 vs 25 steps (README).
+    learn: StageConfig = field(default_factory=lambda: StageConfig(margin=4.0))
     uncertainty: str = "I am not sure."  # may use {subject}, e.g. "I am not sure where {subject} is."
     mlp_scaling: str = "hidden"  # IA3 on the MLP's hidden units ("hidden") or its output ("output")
     merge_learned: bool = True  # merge the stage-2 adapter too (False keeps it as an adapter)

@@ -3,7 +3,8 @@
 loss = CE(target tokens) + suppress * unlikelihood(old object's first token)
        + kl * KL(original || current) on retain prompts' next-token distributions.
 Training stops when every target token is the argmax with at least `margin` logits to spare
-(and the old object is out of the top predictions), not after a fixed number of steps.
+(and the old object's first token is `old_gap` logits below the target's), not after a fixed
+number of steps.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class StageConfig:
     max_steps: int = 60
     min_steps: int = 1
     margin: float = 2.0
+    # The old object's first token must also sit this many logits below the target's first token.
+    # A gap, not a rank: once the new object leads by 8 logits the old one at rank 4 has
+    # p < 0.001, and the rank test used to add ~50 steps (and drift) for nothing.
+    old_gap: float = 3.0
     kl_weight: float = 2.0
     suppress_weight: float = 1.0
     weight_decay: float = 0.0
@@ -156,8 +161,10 @@ def train_stage(
         with torch.no_grad():
             reached = bool((margins(logits, targets_dev) >= config.margin).all())
             if suppress_token is not None:
-                top = logits[first_positions.to(logits.device)].topk(5, -1).indices
-                reached = reached and not bool((top == suppress_token).any())
+                first_logits = logits[first_positions.to(logits.device)]  # (P, V)
+                target_logit = first_logits.gather(1, targets_dev[first_positions.to(logits.device)][:, None])
+                gap = target_logit.squeeze(1) - first_logits[:, suppress_token]
+                reached = reached and bool((gap >= config.old_gap).all())
         if (reached and step >= config.min_steps) or step == config.max_steps:
             log.converged = reached
             break
