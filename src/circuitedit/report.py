@@ -50,8 +50,11 @@ def rows_table(result_dict: dict, include_controls: bool = False) -> Table:
         if row["kind"] == "control" and not include_controls and row["expected_after"] == row["expected_before"]:
             continue
         ok = row["expected_after"] and (row["kind"] in ("control", "neighbourhood") or not row["old_after"])
-        table.add_row(row["kind"], row["prompt"], row["before"].strip()[:40], row["after"].strip()[:40],
-                      "[green]yes[/]" if ok else "[red]no[/]")
+        verdict = "[green]yes[/]" if ok else "[red]no[/]"
+        if row["kind"] in ("control", "neighbourhood") and not row.get("known_before", row["expected_before"]):
+            # F_control and neighbourhood accuracy only count facts known clearly before the edit
+            verdict = "[dim]near-tie before, not counted[/]" if row["expected_before"] else "[dim]not known before[/]"
+        table.add_row(row["kind"], row["prompt"], row["before"].strip()[:40], row["after"].strip()[:40], verdict)
     return table
 
 
