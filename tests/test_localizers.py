@@ -121,6 +121,15 @@ def test_select_fraction():
     assert result.select(1, "both", None) == result.select(top_k=1)  # positional API unchanged
 
 
+def test_select_by_applies_the_whole_policy():
+    """edit() and bench select through this one method: kinds, positions and max layer."""
+    result = toy_result()
+    config = LocalizeConfig(top_k=1, kinds="mlps", positions="subject")
+    assert result.select_by(config, num_layers=2) == [Component(1, MLP)]
+    config = LocalizeConfig(top_k=2, kinds="mlps", positions="all", max_layer_fraction=0.5)
+    assert result.select_by(config, num_layers=2) == [Component(0, MLP)]  # layer 1 is beyond 0.5 of 2
+
+
 # ---- known-answer models ----------------------------------------------------------------------
 
 CARRIER_HEAD = Component(1, HEAD, 2)

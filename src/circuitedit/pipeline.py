@@ -148,9 +148,7 @@ def edit(
     localization = None
     if components is None:
         localization = localize(model, tokenizer, request, config.localize)
-        lc = config.localize
-        max_layer = int(lc.max_layer_fraction * get_adapter(model).num_layers(model)) - 1
-        components = localization.select(lc.top_k, lc.kinds, lc.fraction, lc.positions, max_layer)
+        components = localization.select_by(config.localize, get_adapter(model).num_layers(model))
     timings["localize_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

@@ -518,7 +518,7 @@ def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int
     else:
         cfg.localize.method = loc
         result = localize(model, tokenizer, request, cfg.localize)
-        comps = result.select(cfg.localize.top_k, cfg.localize.kinds, cfg.localize.fraction)
+        comps = result.select_by(cfg.localize, get_adapter(model).num_layers(model))
     per_fact["components"][loc] = comps
     per_fact["localize_s"][loc] = time.perf_counter() - tick
     return comps

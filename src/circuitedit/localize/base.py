@@ -85,6 +85,11 @@ class LocalizationResult:
             return chosen
         return [c for c, _ in ranked[:top_k]]
 
+    def select_by(self, config: LocalizeConfig, num_layers: int) -> list[Component]:
+        """The components `config`'s selection policy picks (what every editor trains)."""
+        max_layer = int(config.max_layer_fraction * num_layers) - 1
+        return self.select(config.top_k, config.kinds, config.fraction, config.positions, max_layer)
+
     def to_dict(self) -> dict:
         return {"method": self.method, "passes": self.passes, "seconds": self.seconds,
                 "corruption": self.corruption, "details": self.details,
