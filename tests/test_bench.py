@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from circuitedit.audit.markdown import audit_markdown
 from circuitedit.cli import main
 from circuitedit.evaluate.bench import BenchConfig, read_results, run_bench
 from circuitedit.evaluate.facts import control_facts
@@ -85,6 +86,27 @@ def test_bench_two_facts_two_methods(tiny_dir, tmp_path, capsys):
     assert learn["efficacy"]["low"] <= learn["efficacy"]["mean"] <= learn["efficacy"]["high"]
     table = (out / "summary.md").read_text()
     assert "| metric | none | learn-only |" in table and "F_control" in table and "2 kept of 2 scanned" in table
+
+
+def test_bench_audit_gives_each_edit_a_verdict(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main([*_args(tiny_dir, out, "unlearn-then-learn,learn-only"), "--audit", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    records = read_results(out / "results.jsonl")
+    assert len(records) == 4 and not any(r.get("error") for r in records)
+    for record in records:
+        audit = json.loads(Path(record["audit"]["file"]).read_text())
+        assert audit["verdict"]["label"] == record["audit"]["verdict"]
+        # one-stage methods have no stage-1 model; the audit still measures base and edit
+        stages = {"base", "stage1", "stage2"} if record["method"] == "unlearn-then-learn" else {"base", "stage2"}
+        assert set(audit["latent"]["models"]) == stages
+        assert ("after stage 1" in audit_markdown(audit)) == ("stage1" in stages)
+        m = record["metrics"]
+        assert m["hard_forgetting"] + m["soft_forgetting"] + m["not_forgotten"] == 1.0
+        assert m["audit_seconds"] > 0
+    shares = summary["methods"]["learn-only"]["metrics"]
+    assert sum(shares[k]["mean"] for k in ("hard_forgetting", "soft_forgetting", "not_forgotten")) == pytest.approx(1.0)
+    assert "audit: soft forgetting" in (out / "summary.md").read_text()
 
 
 def test_results_are_flushed_per_edit_and_resume_skips_them(tiny_dir, tmp_path):

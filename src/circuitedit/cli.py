@@ -244,7 +244,7 @@ def cmd_bench(args, console: Console) -> int:
         model=args.model, dtype=args.dtype, device=args.device, seed=args.seed or 0,
         keep_unknown=args.keep_unknown, max_scan=args.max_scan,
         controls=str(args.controls) if args.controls else None, edit=build_config(edit_args),
-        generation_tokens=args.generation_tokens,
+        generation_tokens=args.generation_tokens, audit=args.audit,
     )
     summary = run_bench(config, resume=args.resume, console=console)
     if args.json:
@@ -341,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-scan", type=int, default=None, help="scan at most this many records for known facts")
     p.add_argument("--controls", type=Path, default=None, help="JSONL control facts (default: built-in)")
     p.add_argument("--generation-tokens", type=int, default=40, help="length of the fluency generations")
+    p.add_argument("--audit", action="store_true",
+                   help="audit every edit (soft/hard forgetting verdict; OUT/audits/*.json), ~50 s per edit")
     p.add_argument("--top-k", type=int, default=None, help="number of components to edit")
     p.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None)
     p.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")

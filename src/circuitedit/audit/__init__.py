@@ -1,7 +1,8 @@
 """Audit an edit: is the old fact gone, or only hidden?
 
 `audit_edit(base, tokenizer, request, stage1, stage2)` measures the unedited model, the model
-after stage 1 (unlearning, merged) and after stage 2 (learning) with four families of probes
+after stage 1 (unlearning, merged; None for one-stage methods such as learn-only or ft-full) and
+the edited model (stage 2) with four families of probes
 (latent knowledge, conditional access, relearning, format robustness) and gives a verdict.
 `load_edit(DIR)` rebuilds the three models from an `edit --out DIR` directory;
 `stage_models(base, result)` from an in-memory `EditResult` (for bench).
@@ -27,9 +28,6 @@ from .relearn import forget_measure, relearn_report
 from .verdict import verdict
 
 __all__ = ["AuditConfig", "AuditReport", "audit_edit", "load_edit", "stage_models", "write_audit"]
-
-MODELS = ("base", "stage1", "stage2")
-
 
 @dataclass
 class AuditConfig:
@@ -71,7 +69,7 @@ class AuditReport:
         return audit_markdown(self.to_dict())
 
 
-def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_model: nn.Module,
+def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_model: nn.Module | None,
                stage2_model: nn.Module, config: AuditConfig | None = None, *,
                facts: list[Fact] | None = None, model_name: str | None = None) -> AuditReport:
     """Audit one edit. facts: same-relation facts to use (default: the built-in control facts)."""
@@ -79,6 +77,7 @@ def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_mo
     timings: dict[str, float] = {}
     start = tick = time.perf_counter()
     models = {"base": base_model, "stage1": stage1_model, "stage2": stage2_model}
+    models = {name: m for name, m in models.items() if m is not None}
     relation = same_relation_facts(request, facts)
     if config.require_known:
         relation = known_facts(base_model, tokenizer, relation)
@@ -129,11 +128,7 @@ def _merged(model: nn.Module, adapter_dir: Path) -> nn.Module:
     from ..edit.ia3 import merge_fp32
 
     peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
-    merged = merge_fp32(peft_model)
-    merged.eval()
-    for p in merged.parameters():
-        p.requires_grad_(False)
-    return merged
+    return _frozen(merge_fp32(peft_model))
 
 
 def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):
@@ -160,27 +155,28 @@ def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto
     return loaded.model, loaded.tokenizer, request, stage1, stage2, {**meta, "model": loaded.name}
 
 
-def stage_models(base_model: nn.Module, result) -> tuple[nn.Module, nn.Module]:
-    """(stage1, stage2) rebuilt from an in-memory EditResult's adapter artifacts."""
+def stage_models(base_model: nn.Module, result) -> tuple[nn.Module | None, nn.Module]:
+    """(stage1, stage2) of an in-memory EditResult: stage 1 is the base model with the result's
+    'unlearn' adapter merged (None when the method has no unlearning stage), stage 2 the edit."""
     from peft import get_peft_model, set_peft_model_state_dict
 
     from ..edit.ia3 import merge_fp32
 
     artifacts = {a.name: a for a in result.outcome.adapters}
-    if not {"unlearn", "learn"} <= set(artifacts):
-        raise ValueError("audit needs an edit with 'unlearn' and 'learn' adapters")
-    models = []
-    current = base_model
-    for name in ("unlearn", "learn"):
-        art = artifacts[name]
-        peft_model = get_peft_model(copy.deepcopy(current), copy.deepcopy(art.peft_config))
+    stage1 = None
+    if "unlearn" in artifacts:
+        art = artifacts["unlearn"]
+        peft_model = get_peft_model(copy.deepcopy(base_model), copy.deepcopy(art.peft_config))
         set_peft_model_state_dict(peft_model, art.state)
-        current = merge_fp32(peft_model)
-        current.eval()
-        for p in current.parameters():
-            p.requires_grad_(False)
-        models.append(current)
-    return models[0], models[1]
+        stage1 = _frozen(merge_fp32(peft_model))
+    return stage1, _frozen(result.model)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def write_audit(report: AuditReport, out_dir: Path | str) -> tuple[Path, Path]:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-MODELS = ("base", "stage1", "stage2")
-LABELS = {"base": "before", "stage1": "after stage 1", "stage2": "after stage 2"}
+ALL_MODELS = ("base", "stage1", "stage2")
+
+
+def _labels(models: list[str]) -> dict[str, str]:
+    final = "after stage 2" if "stage1" in models else "after the edit"
+    return {"base": "before", "stage1": "after stage 1", "stage2": final}
+
+
+def _header(first: str, columns: list[str]) -> list[str]:
+    return [f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
 
 
 def _f(value) -> str:
@@ -32,6 +40,8 @@ def audit_markdown(audit: dict) -> str:
               f"({', '.join(f'{k[:-2]} {s:.1f} s' for k, s in audit['timings'].items() if k != 'total_s')}).", ""]
 
     latent = audit["latent"]
+    models = [m for m in ALL_MODELS if m in latent["models"]]  # no stage 1 for one-stage methods
+    labels = _labels(models)
     lines += ["## 1. Latent knowledge", "",
               f"Probe: diagonal tuned lens over {len(latent['candidates'])} candidate objects "
               f"({', '.join(latent['candidates'])}), trained on {latent['train_facts']} other facts of the "
@@ -39,13 +49,13 @@ def audit_markdown(audit: dict) -> str:
               ""]
     lines += ["| model | next-token rank of old | rank of new | best lens rank of old (layer) | probe reads old at (subject / final) |",
               "|---|---|---|---|---|"]
-    for m in MODELS:
+    for m in models:
         e = latent["models"][m]
         ranks = e["final"]["lens_old_rank"][1:]
         best = min(ranks) if ranks else None
         layer = ranks.index(best) + 1 if ranks else None
         reads = " / ".join(_f(e[p]["probe_reads_old_layers"] or "none") for p in ("subject_last", "final"))
-        lines.append(f"| {LABELS[m]} | {e['next_token_old_rank']} | {e['next_token_new_rank']} | {best} ({layer}) | {reads} |")
+        lines.append(f"| {labels[m]} | {e['next_token_old_rank']} | {e['next_token_new_rank']} | {best} ({layer}) | {reads} |")
     lines.append("")
     n_layers = len(latent["models"]["base"]["final"]["lens_old_rank"])
     every = max(1, n_layers // 8)
@@ -55,25 +65,25 @@ def audit_markdown(audit: dict) -> str:
                   "object / probe P(old).", "",
                   "| model | " + " | ".join(f"L{c}" for c in cols) + " |", "|---|" + "---|" * len(cols)]
         acc = latent["models"]["base"][pos]["probe_heldout_accuracy"]
-        for m in MODELS:
+        for m in models:
             e = latent["models"][m][pos]
             cells = [f"{e['lens_old_rank'][c]} / {e['probe_old_prob'][c]:.2f}" for c in cols]
-            lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {labels[m]} | " + " | ".join(cells) + " |")
         lines.append("| probe held-out acc (base) | " + " | ".join(f"{acc[c]:.2f}" for c in cols) + " |")
         lines.append("")
 
     access = audit["access"]
     lines += ["## 2. Conditional access", "",
               f"Indirect prompts; {access['reachable_before']} of them named the old object before the edit.", "",
-              "| probe | " + " | ".join(LABELS[m] for m in MODELS) + " |", "|---|---|---|---|"]
-    rows = {m: access["models"][m]["rows"] for m in MODELS}
+              *_header("probe", [labels[m] for m in models])]
+    rows = {m: access["models"][m]["rows"] for m in models}
     for i, row in enumerate(rows["base"]):
         cells = [(("**old**" if rows[m][i]["old"] else ("new" if rows[m][i]["new"] else "other")) + ": "
-                  + rows[m][i]["answer"].replace("\n", " ").replace("|", "/")[:40]) for m in MODELS]
+                  + rows[m][i]["answer"].replace("\n", " ").replace("|", "/")[:40]) for m in models]
         lines.append(f"| {row['kind']} | " + " | ".join(cells) + " |")
     lines += ["", "| share naming the old object | " + " | ".join(
         f"{access['models'][m]['old_share']:.2f} (of reachable: {_f(access['models'][m]['old_share_of_reachable'])})"
-        for m in MODELS) + " |", ""]
+        for m in models) + " |", ""]
 
     relearn = audit.get("relearn")
     lines += ["## 3. Relearning attack", ""]
@@ -99,10 +109,10 @@ def audit_markdown(audit: dict) -> str:
     formats = audit["formats"]["models"]
     names = list(formats["stage2"])
     lines += ["## 4. Format robustness", "", "New-object accuracy / forget rate per format.", "",
-              "| format | " + " | ".join(LABELS[m] for m in MODELS) + " |", "|---|---|---|---|"]
+              *_header("format", [labels[m] for m in models])]
     for name in names:
         cells = [f"{formats[m][name]['new_accuracy']:.2f} / {formats[m][name]['forget_rate']:.2f}"
-                 if name in formats[m] else "-" for m in MODELS]
+                 if name in formats[m] else "-" for m in models]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

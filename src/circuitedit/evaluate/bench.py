@@ -52,11 +52,20 @@ SUMMARY_METRICS = {
     "neighbourhood_specificity": "CF neighbourhood P(true)>P(new)",
     "mc_new_first": "multiple choice: new first",
     "mc_old_gone": "multiple choice: old gone",
+    "not_forgotten": "audit: not forgotten",
+    "soft_forgetting": "audit: soft forgetting",
+    "hard_forgetting": "audit: hard forgetting",
+    "reach_logit_lens": "audit: reached by logit lens",
+    "reach_linear_probe": "audit: reached by a linear probe",
+    "reach_indirect_prompts": "audit: reached by indirect prompts",
+    "reach_formats": "audit: reached in another format",
+    "reach_relearning": "audit: brought back by relearning",
     "generation_entropy": "fluency: n-gram entropy",
     "perplexity": "fluency: neutral-text perplexity",
     "trainable_parameters": "trainable parameters",
     "steps": "optimizer steps",
     "seconds": "seconds per edit",
+    "audit_seconds": "seconds per audit",
 }
 PLOT_METRICS = ("new_fact_accuracy", "paraphrase_accuracy", "forget_rate", "f_control",
                 "neighbourhood_specificity", "mc_new_first")
@@ -83,6 +92,7 @@ class BenchConfig:
     controls: str | None = None  # JSONL of control facts (default: the built-in set)
     bootstrap: int = 1000
     generation_tokens: int = 40  # length of the greedy generations whose n-gram entropy is fluency
+    audit: bool = False  # audit every edit (latent probes, indirect prompts, relearning): a verdict each
     edit: EditConfig = field(default_factory=EditConfig)
 
     def to_dict(self) -> dict:
@@ -278,7 +288,7 @@ def aggregate(records: Sequence[dict], samples: int = 1000, seed: int = 0) -> di
 def _cell(stat: dict | None, name: str) -> str:
     if not stat:
         return "–"
-    if name in ("trainable_parameters", "steps", "seconds", "perplexity"):
+    if name in ("trainable_parameters", "steps", "seconds", "audit_seconds", "perplexity"):
         fmt = (lambda v: f"{v:,.0f}") if name == "trainable_parameters" else (lambda v: f"{v:.1f}")
     else:
         fmt = lambda v: f"{v:.3f}"  # noqa: E731
@@ -480,6 +490,10 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                 metrics["trainable_parameters"] = sum(s.trainable_parameters for s in result.outcome.stages)
                 metrics["steps"] = result.outcome.steps
                 metrics["seconds"] = result.timings["total_s"] + per_fact["localize_s"].get(loc, 0.0)
+                if config.audit:
+                    record["audit"] = audit_result(model, tokenizer, request, result, requests, controls,
+                                                   out / "audits" / f"{index}-{record['label']}.json")
+                    metrics.update(record["audit"].pop("metrics"))
                 record.update({
                     "metrics": metrics,
                     "components": [c.name for c in components],
@@ -503,6 +517,35 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     summary["seconds"] = time.perf_counter() - started
     write_summary(out, summary)
     return summary
+
+
+REACH_KEYS = {"logit lens": "reach_logit_lens", "linear probe": "reach_linear_probe",
+              "indirect prompts": "reach_indirect_prompts", "formats": "reach_formats", "relearning": "reach_relearning"}
+
+
+def audit_result(model, tokenizer, request: EditRequest, result, requests: Sequence[EditRequest],
+                 controls: Sequence[Fact], path: Path, max_relation_facts: int = 48) -> dict:
+    """Audit one bench edit; the full audit goes to `path`, the verdict and 0/1 metrics into the record.
+
+    Probe and relearning facts: the data set's other facts of the relation (never the edited
+    one; the audit drops anything naming the subject) plus the built-in controls."""
+    from ..audit import audit_edit, stage_models
+
+    same = [Fact(r.text, r.old_object, r.relation) for r in requests
+            if r.relation == request.relation and r.subject != request.subject][:max_relation_facts]
+    stage1, stage2 = stage_models(model, result)
+    report = audit_edit(model, tokenizer, request, stage1, stage2, facts=[*controls, *same])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    label = report.verdict["label"]
+    reached = {key: float(any(name.startswith(prefix) for name in report.verdict["reaching"]))
+               for prefix, key in REACH_KEYS.items()}
+    metrics = {"not_forgotten": float(label == "not forgotten"), "soft_forgetting": float(label == "soft forgetting"),
+               "hard_forgetting": float(label == "hard forgetting"), **reached,
+               "audit_seconds": report.timings["total_s"]}
+    return {"verdict": label, "reaching": report.verdict["reaching"], "file": str(path), "metrics": metrics}
 
 
 def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int, config: BenchConfig,

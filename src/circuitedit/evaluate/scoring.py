@@ -186,17 +186,30 @@ def cache_keyword(module: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
-@torch.no_grad()
+@dataclass
+class GreedyOutput:
+    texts: list[str]  # new text only
+    first_margins: list[float]  # top-1 minus top-2 logit of the first generated token
+
+
 def greedy_continuations(
     model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
 ) -> list[str]:
-    """Greedy continuations (new text only) of already-rendered prompts.
+    """Greedy continuations (new text only) of already-rendered prompts."""
+    return greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size).texts
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
+) -> GreedyOutput:
+    """Greedy continuations of already-rendered prompts, with the first token's margin.
 
     A KV-cached loop over the transformer body, left padding with explicit position ids, and
     the LM head applied to one contiguous (B, H) state per step: faster on CPU than `generate`.
     """
     device = input_device(model)
-    results: list[str] = []
+    output = GreedyOutput([], [])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     cache_kw = cache_keyword(body(model))
@@ -209,11 +222,15 @@ def greedy_continuations(
         past = None
         generated = []
         finished = torch.zeros(len(ids), dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             out = body(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                               use_cache=True, **{cache_kw: past})
             past = getattr(out, cache_kw)
-            next_ids = logits_from_hidden(model, out.last_hidden_state[:, -1]).argmax(-1).to(device)
+            logits = logits_from_hidden(model, out.last_hidden_state[:, -1])  # (B, V)
+            if step == 0:
+                top2 = logits.float().topk(2, -1).values
+                output.first_margins.extend((top2[:, 0] - top2[:, 1]).tolist())
+            next_ids = logits.argmax(-1).to(device)
             next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
             generated.append(next_ids)
             if eos is not None:
@@ -224,8 +241,8 @@ def greedy_continuations(
             positions = positions[:, -1:] + 1
             mask = torch.cat([mask, torch.ones_like(input_ids)], dim=1)
         tokens = torch.stack(generated, dim=1).tolist()
-        results.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
-    return results
+        output.texts.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
+    return output
 
 
 def contains_object(text: str, obj: str) -> bool:
