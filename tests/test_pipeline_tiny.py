@@ -153,3 +153,14 @@ def test_editor_changes_only_selected_components(family):
         sl = adapter.head_slice(model, head)
         same = torch.equal(old[attn][sl], new[attn][sl]) if conv1d else torch.equal(old[attn][:, sl], new[attn][:, sl])
         assert same == (head != 1), head
+
+
+def test_neighbourhood_subjects_are_never_kl_neighbours():
+    """A neighbourhood probe measures collateral damage; pinning its subject in training would hide it."""
+    from circuitedit.edit.prompts import same_template_prompts
+
+    model, tokenizer = tiny_model(FAMILY, seed=SEED)
+    request = EditRequest(**REQUEST)
+    pool = ["the Louvre", "Big Ben", "the Colosseum", "Eiffel Tower"]
+    prompts = same_template_prompts(model, tokenizer, request, pool, count=4)
+    assert prompts and not any("Louvre" in p or "Eiffel" in p for p in prompts)

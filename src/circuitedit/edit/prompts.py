@@ -47,7 +47,10 @@ def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str
     - the `count // 2` others the model answers most confidently (same kind of entity)."""
     if count <= 0:
         return []
-    others = [s for s in pool if s.casefold() != request.subject.casefold()]
+    # Subjects of the request's neighbourhood probes are measured, never trained on.
+    measured = [n["prompt"].casefold() for n in request.neighbourhood]
+    others = [s for s in pool if s.casefold() != request.subject.casefold()
+              and not any(s.casefold() in prompt for prompt in measured)]
     prompts = [request.fill(request.prompt, s) for s in others]
     probs = last_token_logits(model, tokenizer, prompts, batch_size=64).float().softmax(-1)  # (P, V)
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
