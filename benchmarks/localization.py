@@ -1,7 +1,7 @@
 """Compare the localizers on facts the model knows: cost and agreement with exact activation patching.
 
     python benchmarks/localization.py ../shared/data/known/known_1000.json [--facts 12]
-        [--methods attribution,causal-tracing,...] [--model M] [--edit-facts N] [--top-k 8]
+        [--methods attribution,causal-tracing,...] [--model M] [--edit-facts N [--edits-out F.jsonl]]
 
 Facts come from a ROME-style known-facts file (subject, attribute, template/prompt), in file
 order, kept when the model's greedy continuation of the prompt contains the attribute. For each
@@ -12,8 +12,9 @@ component a method does not score counts as 0) over all heads and MLPs, and the 
 top 10. Prints markdown tables. Timings on a shared CPU: compare ratios, not absolutes.
 
 --edit-facts N additionally edits the first N facts with circuitedit.edit on the components each
-localizer selects (top-k, --kinds) and reports the edit metrics per localizer (slow: one full
-unlearn-then-learn edit per fact and method).
+localizer yields under edit()'s own selection policy and reports the edit metrics per localizer,
+with each one's paired difference from random localization (slow: one full unlearn-then-learn
+edit per fact and method; --edits-out makes it resumable).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from circuitedit.requests import EditRequest, InvalidRequestError
 
 REFERENCE = "activation"
 DEFAULT_METHODS = ("attribution", "gradient", "causal-tracing", "fact-lookup", "random", "all-layers")
-EDIT_METRICS = ("new_fact_accuracy", "forget_rate", "f_control", "neighbourhood_accuracy")
+EDIT_METRICS = ("new_fact_accuracy", "forget_rate", "f_control")
 
 
 def read_known(path: Path, seed: int = 0) -> list[EditRequest]:
@@ -114,10 +115,13 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=12)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated localizers")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--top-k", type=int, default=8, help="components per edit (--edit-facts)")
-    parser.add_argument("--kinds", choices=["both", "heads", "mlps"], default="both")
+    parser.add_argument("--top-k", type=int, default=None, help="components per edit (default: edit()'s)")
+    parser.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None,
+                        help="component kinds per edit (default: edit()'s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--edit-facts", type=int, default=0, help="also edit this many facts per localizer")
+    parser.add_argument("--edits-out", type=Path, default=None,
+                        help="append each --edit-facts edit here (JSONL); a rerun skips the edits already there")
     parser.add_argument("--json-out", type=Path, default=None, help="write the raw per-fact numbers here")
     args = parser.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != REFERENCE]
@@ -128,7 +132,7 @@ def main() -> None:
     facts, scanned = select_known(model, tokenizer, read_known(args.known, args.seed), args.facts)
     print(f"{len(facts)} known facts (of {scanned} scanned); {len(components)} components; "
           f"methods: {REFERENCE} (reference), {', '.join(methods)}")
-    config = LocalizeConfig(top_k=args.top_k, kinds=args.kinds, seed=args.seed)
+    config = LocalizeConfig(seed=args.seed)
     localize(model, tokenizer, facts[0], LocalizeConfig(method="attribution"))  # warm-up, not timed
 
     rows: dict[str, dict[str, list]] = {m: {"seconds": [], "passes": [], "spearman": [], "top10": []}
@@ -178,34 +182,86 @@ def main() -> None:
 
 
 def edit_table(model, tokenizer, results: list[dict], methods: list[str], args) -> None:
-    """Edit each fact once per localizer (its top-k components) and tabulate the edit metrics."""
+    """Edit each fact once per localizer, with the components `edit()` itself would select from
+    that localization (the default policy, or --top-k / --kinds), and tabulate the edit metrics.
+
+    With --edits-out, every finished edit is appended there at once and a rerun skips it, so the
+    slow part spreads over several sittings."""
     controls = control_facts()
     edit_config = EditConfig()
-    edit_config.localize.top_k, edit_config.localize.kinds = args.top_k, args.kinds
+    if args.top_k:
+        edit_config.localize.top_k = args.top_k
+    if args.kinds:
+        edit_config.localize.kinds = args.kinds
+    num_layers = get_adapter(model).num_layers(model)
+    done = _read_edits(args.edits_out)
     probes = [Probe("control", f.prompt, f.answer) for f in controls]
-    baseline = take_snapshot(model, tokenizer, _request(results[0]), probes, edit_config.evaluate, kinds={"control"},
-                             margins=True)
-    table: dict[str, dict[str, list]] = {m: {k: [] for k in (*EDIT_METRICS, "components")} for m in methods}
+    baseline = None
     for index, entry in enumerate(results):
         request = _request(entry)
         for method in methods:
-            chosen = entry["localizations"][method].select(args.top_k, args.kinds)
+            key = (request.case_id, method)
+            if key in done:
+                continue
+            if baseline is None:
+                baseline = take_snapshot(model, tokenizer, request, probes, edit_config.evaluate,
+                                         kinds={"control"}, margins=True)
+            chosen = entry["localizations"][method].select_by(edit_config.localize, num_layers)
             result = edit(model, tokenizer, request, edit_config, controls=controls_for(request, controls),
                           control_baseline=baseline, components=chosen)
-            for key in EDIT_METRICS:
-                value = result.metrics.get(key)
-                table[method][key].append(float("nan") if value is None else float(value))
-            table[method]["components"].append(len(chosen))
+            line = {"case_id": request.case_id, "subject": request.subject, "method": method,
+                    "components": [c.name for c in chosen], "steps": result.outcome.steps,
+                    **{k: result.metrics.get(k) for k in EDIT_METRICS}}
+            done[key] = line
+            if args.edits_out:
+                with open(args.edits_out, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(line) + "\n")
             print(f"  edit {index + 1}/{len(results)} {request.subject!r} [{method}]: "
                   + ", ".join(f"{k} {result.metrics.get(k)}" for k in EDIT_METRICS), flush=True)
-    print(f"\nEdit quality per localization ({len(results)} facts, top-{args.top_k} {args.kinds}; "
-          "all-layers edits every component)\n")
-    print("| localizer | components | " + " | ".join(EDIT_METRICS) + " |")
-    print("|---|---:|" + "---:|" * len(EDIT_METRICS))
+    cases = [_request(e).case_id for e in results]
+    table = {m: [done[(c, m)] for c in cases if (c, m) in done] for m in methods}
+    policy = edit_config.localize
+    print(f"\nEdit quality per localization ({len(cases)} facts; the edit's own selection policy: top-{policy.top_k} "
+          f"{policy.kinds} at {policy.positions} positions; all-layers edits every MLP). Paired difference from "
+          "random localization on the same facts: mean [95% bootstrap interval].\n")
+    print("| localizer | facts | components | steps | " + " | ".join(EDIT_METRICS) + " | F_control - random | forget - random |")
+    print("|---|---:|---:|---:|" + "---:|" * (len(EDIT_METRICS) + 2))
+    random_rows = {r["case_id"]: r for r in table.get("random", [])}
     for method in methods:
-        row = table[method]
-        print(f"| {method} | {statistics.fmean(row['components']):.0f} | "
-              + " | ".join(fmt(row[k]) for k in EDIT_METRICS) + " |")
+        rows = table[method]
+        if not rows:
+            continue
+        cells = [fmt([_num(r[k]) for r in rows]) for k in EDIT_METRICS]
+        diffs = [_paired(rows, random_rows, k) if method != "random" else "-" for k in ("f_control", "forget_rate")]
+        print(f"| {method} | {len(rows)} | {statistics.fmean(len(r['components']) for r in rows):.0f} | "
+              f"{statistics.fmean(r['steps'] for r in rows):.1f} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _paired(rows: list[dict], reference: dict[str, dict], key: str) -> str:
+    diffs = [_num(r[key]) - _num(reference[r["case_id"]][key]) for r in rows if r["case_id"] in reference]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    if len(diffs) < 2:
+        return "-"
+    rng = random.Random(0)
+    means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(2000))
+    return f"{statistics.fmean(diffs):+.3f} [{means[50]:+.3f}, {means[1949]:+.3f}]"
+
+
+def _read_edits(path: Path | None) -> dict[tuple, dict]:
+    if not path or not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by an interrupted run: redo that edit
+            continue
+        done[(row["case_id"], row["method"])] = row
+    return done
 
 
 def _request(entry: dict) -> EditRequest:

@@ -163,4 +163,19 @@ def test_neighbourhood_subjects_are_never_kl_neighbours():
     request = EditRequest(**REQUEST)
     pool = ["the Louvre", "Big Ben", "the Colosseum", "Eiffel Tower"]
     prompts = same_template_prompts(model, tokenizer, request, pool, count=4)
-    assert prompts and not any("Louvre" in p or "Eiffel" in p for p in prompts)
+    assert prompts and not any(p.startswith("The the Louvre") for p in prompts)
+    assert request.text not in prompts
+    with_siblings = same_template_prompts(model, tokenizer, request, pool, count=2, siblings=2)
+    made_up = [p for p in with_siblings if p not in same_template_prompts(model, tokenizer, request, pool, count=2)]
+    assert len(made_up) == 2 and all("Eiffel " in p or " Tower" in p for p in made_up)
+
+
+def test_sibling_subjects_share_the_first_or_last_word():
+    from circuitedit.edit.prompts import sibling_subjects
+
+    pool = ["the Louvre", "Big Ben", "Babe Ruth", "Tower of London"]
+    siblings = sibling_subjects("Ferrari Mondial", pool)
+    assert set(siblings) == {"Ferrari Louvre", "Ferrari Ben", "Ferrari Ruth", "Ferrari London",
+                             "Big Mondial", "Babe Mondial", "Tower Mondial"}
+    assert "the Mondial" not in siblings and "Ferrari of" not in siblings  # function words are not names
+    assert sibling_subjects("Paris", pool) == []

@@ -104,7 +104,8 @@ def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) 
     prompts = training_prompts(request, prefixes)
     if uses_chat_template(tokenizer):
         prompts += [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
-    neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours)
+    neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours,
+                                       config.n_sibling_neighbours)
     retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours))
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
     return TrainingContext(prompts=prompts, retain=retain, old_token=old_token)

@@ -27,7 +27,7 @@ from .latent import ProbeFact, latent_report
 from .relearn import forget_measure, relearn_report
 from .verdict import verdict
 
-__all__ = ["AuditConfig", "AuditReport", "audit_edit", "load_edit", "stage_models", "write_audit"]
+__all__ = ["AuditConfig", "AuditReport", "audit_edit", "load_edit", "relation_facts", "stage_models", "write_audit"]
 
 @dataclass
 class AuditConfig:
@@ -71,20 +71,17 @@ class AuditReport:
 
 def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_model: nn.Module | None,
                stage2_model: nn.Module, config: AuditConfig | None = None, *,
-               facts: list[Fact] | None = None, model_name: str | None = None) -> AuditReport:
-    """Audit one edit. facts: same-relation facts to use (default: the built-in control facts)."""
+               facts: list[Fact] | None = None, relation: list[ProbeFact] | None = None,
+               model_name: str | None = None) -> AuditReport:
+    """Audit one edit. facts: candidate same-relation facts (default: the built-in control facts);
+    relation: `relation_facts(...)` already computed for this request and base model (bench
+    audits several edits of one fact)."""
     config = config or AuditConfig()
     timings: dict[str, float] = {}
     start = tick = time.perf_counter()
     models = {"base": base_model, "stage1": stage1_model, "stage2": stage2_model}
     models = {name: m for name, m in models.items() if m is not None}
-    relation = same_relation_facts(request, facts)
-    if config.require_known:
-        relation = known_facts(base_model, tokenizer, relation)
-    if config.use_subject_pool:
-        objects = sorted({f.answer for f in relation} | {request.old_object})
-        seen = {f.subject.casefold() for f in relation}
-        relation += [f for f in pool_facts(base_model, tokenizer, request, objects) if f.subject.casefold() not in seen]
+    relation = relation_facts(base_model, tokenizer, request, config, facts) if relation is None else relation
     timings["facts_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -117,6 +114,21 @@ def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_mo
     timings["total_s"] = time.perf_counter() - start
     timings = {k: round(v, 2) for k, v in timings.items()}
     return AuditReport(request, latent, access, formats, relearn, result, timings, config, relation, model_name)
+
+
+def relation_facts(base_model: nn.Module, tokenizer, request: EditRequest, config: AuditConfig,
+                   facts: list[Fact] | None = None) -> list[ProbeFact]:
+    """The facts the probes and relearning attacks use: other facts of the edit's relation (that
+    the unedited model knows, with `require_known`), plus subject-pool entities it places among
+    the relation's objects; never the edited fact."""
+    relation = same_relation_facts(request, facts)
+    if config.require_known:
+        relation = known_facts(base_model, tokenizer, relation)
+    if config.use_subject_pool:
+        objects = sorted({f.answer for f in relation} | {request.old_object})
+        seen = {f.subject.casefold() for f in relation}
+        relation += [f for f in pool_facts(base_model, tokenizer, request, objects) if f.subject.casefold() not in seen]
+    return relation
 
 
 # ---- rebuilding the stage models -------------------------------------------------------------

@@ -3,6 +3,8 @@ prefixes of text the model itself generates (as ROME does), so the edit holds in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..evaluate.scoring import input_device, last_token_logits, prompt_and_target_ids
@@ -37,23 +39,55 @@ def training_prompts(request: EditRequest, prefixes: list[str]) -> list[str]:
     return base + [f"{prefix} {request.text}" for prefix in prefixes]
 
 
+FUNCTION_WORDS = {"the", "a", "an", "of", "and", "de", "la", "le", "von", "van"}
+
+
+def sibling_subjects(subject: str, pool: Sequence[str], limit: int = 32) -> list[str]:
+    """Made-up subjects sharing the subject's leading or trailing words: "Ferrari Mondial" gives
+    "Ferrari Tower", "Ferrari Lakers", ..., "Louvre Mondial", .... An edit keyed on the shared word
+    ("Ferrari") instead of the whole subject flips these, and real siblings (Ferrari F40) with them."""
+    words = subject.split()
+    if len(words) < 2:
+        return []
+    multi = [p.split() for p in pool if len(p.split()) >= 2]
+    heads = _distinct(w[0] for w in multi if w[0].casefold() not in FUNCTION_WORDS)
+    tails = _distinct(w[-1] for w in multi if w[-1].casefold() not in FUNCTION_WORDS)
+    lead, trail = " ".join(words[:-1]), " ".join(words[1:])
+    siblings = [f"{lead} {t}" for t in tails if t.casefold() != words[-1].casefold()][:limit]
+    siblings += [f"{h} {trail}" for h in heads if h.casefold() != words[0].casefold()][:limit]
+    return siblings
+
+
+def _distinct(items) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
 @torch.no_grad()
-def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int) -> list[str]:
+def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int,
+                          siblings: int = 0) -> list[str]:
     """The edit template filled with other subjects, the neighbours an edit most easily drags along,
     so that the KL term holds their answers:
 
     - the `count` pool subjects for which the model gives the old object the highest probability
       (hard negatives: an edit that learned "old -> new" instead of "this subject -> new" flips them);
+    - the `siblings` made-up siblings of the subject (shared first or last words) with the
+      highest probability of the old object;
     - the `count // 2` others the model answers most confidently (same kind of entity)."""
     if count <= 0:
         return []
     # Subjects of the request's neighbourhood probes are measured, never trained on.
     measured = [n["prompt"].casefold() for n in request.neighbourhood]
-    others = [s for s in pool if s.casefold() != request.subject.casefold()
-              and not any(s.casefold() in prompt for prompt in measured)]
-    prompts = [request.fill(request.prompt, s) for s in others]
+
+    def usable(s: str) -> bool:
+        return s.casefold() != request.subject.casefold() and not any(s.casefold() in p for p in measured)
+
+    others = [s for s in pool if usable(s)]
+    made_up = [s for s in sibling_subjects(request.subject, pool) if usable(s)] if siblings > 0 else []
+    prompts = [request.fill(request.prompt, s) for s in others + made_up]
     probs = last_token_logits(model, tokenizer, prompts, batch_size=64).float().softmax(-1)  # (P, V)
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
-    hard = probs[:, old_token].argsort(descending=True)[:count].tolist()
-    confident = [i for i in probs.max(-1).values.argsort(descending=True).tolist() if i not in hard]
-    return [prompts[i] for i in hard + confident[: count // 2]]
+    old_prob = probs[:, old_token]
+    hard = old_prob[: len(others)].argsort(descending=True)[:count].tolist()
+    close = (len(others) + old_prob[len(others):].argsort(descending=True)[:siblings]).tolist()
+    confident = [i for i in probs[: len(others)].max(-1).values.argsort(descending=True).tolist() if i not in hard]
+    return [prompts[i] for i in hard + close + confident[: count // 2]]
