@@ -51,3 +51,17 @@ def test_subject_pool_never_names_a_control_fact_subject():
     for subject in subject_pool():
         for fact in control_facts():
             assert subject.casefold() not in fact.prompt.casefold(), (subject, fact.prompt)
+
+
+def test_stated_paraphrase_metrics_count_only_phrasings_that_gave_the_old_fact():
+    stated, silent = "Tourists visit the Eiffel Tower in the city of", "Where is the Eiffel Tower? It is"
+    probes = [Probe("edit", REQUEST.text, "Rome"), Probe("test_paraphrase", stated, "Rome"),
+              Probe("test_paraphrase", silent, "Rome")]
+    before = Snapshot(continuations={("edit", REQUEST.text): " Paris", ("test_paraphrase", stated): " Paris.",
+                                     ("test_paraphrase", silent): " a tall tower."})
+    after = Snapshot(continuations={("edit", REQUEST.text): " Rome", ("test_paraphrase", stated): " Rome.",
+                                    ("test_paraphrase", silent): " a tall tower."})
+    metrics = edit_metrics(REQUEST, probe_rows(REQUEST, probes, before, after), before, after)
+    assert metrics["paraphrase_accuracy"] == 0.5  # every held-out phrasing
+    assert metrics["paraphrase_accuracy_stated"] == 1.0  # only where the old fact was said
+    assert metrics["forget_rate"] == 1.0 and metrics["forget_rate_stated"] == 1.0

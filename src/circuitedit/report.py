@@ -16,6 +16,7 @@ from rich.table import Table
 METRIC_LABELS = {
     "new_fact_accuracy": "new-fact accuracy (edit prompt)",
     "paraphrase_accuracy": "new-fact accuracy (held-out paraphrases)",
+    "paraphrase_accuracy_stated": "  ... of those that gave the old fact before",
     "train_paraphrase_accuracy": "new-fact accuracy (training paraphrases)",
     "question_accuracy": "new-fact accuracy (question form, chat)",
     "forget_rate": "forget rate (old object not produced)",

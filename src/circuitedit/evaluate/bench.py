@@ -44,7 +44,9 @@ RANDOM_LOCALIZER = "random"
 SUMMARY_METRICS = {
     "new_fact_accuracy": "new-fact accuracy",
     "paraphrase_accuracy": "unseen-paraphrase accuracy",
+    "paraphrase_accuracy_stated": "unseen paraphrases where the old fact was stated",
     "forget_rate": "forget rate",
+    "forget_rate_stated": "forget rate where the old fact was stated",
     "f_control": "F_control",
     "neighbourhood_accuracy": "neighbourhood accuracy",
     "efficacy": "CF efficacy P(new)>P(old)",

@@ -52,6 +52,9 @@ def edit_metrics(request: EditRequest, rows: list[ProbeRow], before: Snapshot, a
 
     retained = lambda kind: _mean([r.expected_after for r in get(kind) if r.known_before])  # noqa: E731
     forget_rows = get("edit") + get("test_paraphrase")
+    # Held-out phrasings on which the unedited model actually stated the old fact: only there
+    # can an edit be seen to rewrite (or remove) what the model says.
+    stated = [r for r in get("test_paraphrase") if contains_object(r.before, request.old_object)]
 
     def efficacy(kinds: tuple[str, ...]) -> float | None:
         wins = []
@@ -65,7 +68,9 @@ def edit_metrics(request: EditRequest, rows: list[ProbeRow], before: Snapshot, a
         "paraphrase_accuracy": _mean([r.expected_after for r in get("test_paraphrase")]),
         "train_paraphrase_accuracy": _mean([r.expected_after for r in get("train_paraphrase")]),
         "question_accuracy": _mean([r.expected_after for r in get("question")]),
+        "paraphrase_accuracy_stated": _mean([r.expected_after for r in stated]),
         "forget_rate": _mean([not r.old_after for r in forget_rows]),
+        "forget_rate_stated": _mean([not r.old_after for r in get("edit") + stated]),
         "f_control": retained("control"),
         "control_known_before": sum(r.known_before for r in get("control")),
         "control_near_ties_excluded": sum(r.expected_before and not r.known_before for r in get("control")),
