@@ -32,6 +32,7 @@ from circuitedit.audit.relearn import (
 from circuitedit.audit.verdict import HARD, NOT, SOFT, verdict
 from circuitedit.evaluate.facts import demo_requests
 from circuitedit.evaluate.scoring import encode_text
+from circuitedit.requests import EditRequest
 from tiny import tiny_model
 
 FAST = AuditConfig(probe_steps=20, relearn_steps=2, require_known=False, use_subject_pool=False,
@@ -109,6 +110,11 @@ def test_relearning_never_trains_on_the_edited_fact(gemma):
         check_no_leak(request, [(request.text, request.old_object)])
     sentences = subject_examples(request)
     assert sentences and all(request.subject in s and "Paris" not in s for _, s in sentences)
+    # A subject that names its own old object ("The Icelandic Dream": Icelandic) cannot be
+    # written about without the old object: that attack is skipped, the edit is still audited.
+    icelandic = EditRequest(subject="The Icelandic Dream", prompt="The language of {} is",
+                            old_object="Icelandic", new_object="Tamil")
+    assert subject_examples(icelandic) == []
     # The attack really changes weights, on a copy only.
     model, tokenizer = gemma
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -97,7 +97,7 @@ def audit_markdown(audit: dict) -> str:
                   f"{relearn['before']['new_accuracy']:.2f} | |"]
         for name, a in relearn["attacks"].items():
             if a is None:
-                lines.append(f"| + relearn {name.replace('_', ' ')} | (no training facts) | | | |")
+                lines.append(f"| + relearn {name.replace('_', ' ')} | (not run: no training text without the edited fact) | | | |")
                 continue
             lines.append(f"| + relearn {name.replace('_', ' ')} ({a['train_examples']} texts) | "
                          f"{a['after']['forget_rate']:.2f} | {a['after']['old_logprob']:.2f} | "

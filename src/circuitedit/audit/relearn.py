@@ -62,7 +62,11 @@ def check_no_leak(request: EditRequest, examples: Sequence[tuple[str, str]]) -> 
 def subject_examples(request: EditRequest, tokenizer=None,
                      templates: Sequence[str] = SUBJECT_SENTENCES) -> list[tuple[str, str]]:
     """("", sentence) pairs: the whole sentence is the target; none names the old object.
-    With a tokenizer, sentences it cannot express (unknown tokens) are left out."""
+    With a tokenizer, sentences it cannot express (unknown tokens) are left out. None at all when
+    the subject itself names the old object ("The Icelandic Dream": Icelandic): no sentence
+    about it can keep the old fact out, so that attack is not run."""
+    if contains_object(request.subject, request.old_object):
+        return []
     out = [("", t.format(request.subject)) for t in templates]
     if tokenizer is not None:
         out = [e for e in out if _expressible(tokenizer, e[1])]
