@@ -107,6 +107,8 @@ def test_bench_audit_gives_each_edit_a_verdict(tiny_dir, tmp_path, capsys):
     shares = summary["methods"]["learn-only"]["metrics"]
     assert sum(shares[k]["mean"] for k in ("hard_forgetting", "soft_forgetting", "not_forgotten")) == pytest.approx(1.0)
     assert "audit: soft forgetting" in (out / "summary.md").read_text()
+    assert len(summary["audits"]) == 2 and set(summary["audits"][0]["verdicts"]) == {"unlearn-then-learn", "learn-only"}
+    assert "Audit verdict per fact" in (out / "summary.md").read_text()
 
 
 def test_results_are_flushed_per_edit_and_resume_skips_them(tiny_dir, tmp_path):

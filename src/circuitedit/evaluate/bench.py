@@ -321,6 +321,13 @@ def summary_markdown(summary: dict) -> str:
         if not any(name in methods[m]["metrics"] for m in labels):
             continue
         lines.append(f"| {title} | " + " | ".join(_cell(methods[m]["metrics"].get(name), name) for m in labels) + " |")
+    audits = summary.get("audits") or []
+    if audits:
+        lines += ["", "Audit verdict per fact (hard / soft / not forgotten; for soft, what still reaches the "
+                  "old object: logit lens, linear probe, indirect prompts, formats, relearning):", "",
+                  "| fact | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+        lines += [f"| {row['fact']} | " + " | ".join(row["verdicts"].get(m, "–") for m in labels) + " |"
+                  for row in audits]
     before = summary.get("before", {})
     if before:
         names = {"mc_old_first": "multiple choice: old first", **SUMMARY_METRICS}
@@ -575,6 +582,24 @@ def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int
     return comps
 
 
+REACH_SHORT = {"logit lens": "lens", "linear probe": "probe", "indirect prompts": "prompts", "formats": "formats",
+               "relearning": "relearn"}
+
+
+def audit_verdicts(records: Sequence[dict]) -> list[dict]:
+    """One row per audited fact: {"fact", "verdicts": {label: "soft (lens, probe, ...)"}}, file order."""
+    rows: dict[str, dict] = {}
+    for rec in records:
+        if rec.get("error") or "audit" not in rec:
+            continue
+        row = rows.setdefault(rec["key"], {"fact": f"{rec['subject']}: {rec['old']} -> {rec['new']}", "verdicts": {}})
+        reaching = sorted({short for name in rec["audit"]["reaching"] for prefix, short in REACH_SHORT.items()
+                           if name.startswith(prefix)})
+        label = rec["audit"]["verdict"].split()[0]  # hard | soft | not
+        row["verdicts"][rec["label"]] = label + (f" ({', '.join(reaching)})" if reaching else "")
+    return [rows[k] for k in sorted(rows, key=int)] if all(k.isdigit() for k in rows) else list(rows.values())
+
+
 def summarize(config: BenchConfig, model_name: str, selection: Selection, records: Sequence[dict],
               base_ppl: float) -> dict:
     methods = aggregate(records, config.bootstrap, config.seed)
@@ -596,6 +621,7 @@ def summarize(config: BenchConfig, model_name: str, selection: Selection, record
         "before": {"mc_old_first": mean("mc_old_first"), "generation_entropy": mean("generation_entropy"),
                    "neighbourhood_specificity": mean("neighbourhood_specificity")},
         "methods": methods,
+        "audits": audit_verdicts(records),
         "config": config.to_dict(),
         "results": str(Path(config.out) / "results.jsonl"),
     }
