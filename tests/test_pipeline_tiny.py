@@ -179,3 +179,19 @@ def test_sibling_subjects_share_the_first_or_last_word():
                              "Big Mondial", "Babe Mondial", "Tower Mondial"}
     assert "the Mondial" not in siblings and "Ferrari of" not in siblings  # function words are not names
     assert sibling_subjects("Paris", pool) == []
+
+
+def test_leak_term_counts_only_rises_of_the_watched_tokens():
+    from circuitedit.edit.training import RetainSet
+
+    model, tokenizer = tiny_model(FAMILY, seed=SEED)
+    retain = RetainSet.from_model(model, tokenizer, ["The Louvre is in", "Bees make", "Water is"])
+    watched = torch.arange(40, 80)
+    kl, leak = retain.kl_and_leak(model, watched=watched)
+    assert float(kl) == pytest.approx(0.0, abs=1e-5) and float(leak) == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[40:80] *= -1  # these logits move, some up, some down
+    _, leak = retain.kl_and_leak(model, watched=watched)
+    change = retain.logprobs(model)[:, watched] - retain.reference_logprobs[:, watched]
+    assert float(change.min()) < 0 < float(change.max())
+    assert float(leak) == pytest.approx(float(change.clamp(min=0).mean()), rel=1e-4)  # falls cost nothing

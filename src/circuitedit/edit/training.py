@@ -1,7 +1,8 @@
 """The training loop every editor shares: same prompts, same losses, same stopping rule.
 
 loss = CE(target tokens) + suppress * unlikelihood(old object's first token)
-       + kl * KL(original || current) on retain prompts' next-token distributions.
+       + kl * KL(original || current) on retain prompts' next-token distributions
+       + leak * mean hinge(log P_current - log P_original) of the targets' first tokens there.
 Training stops when every target token is the argmax with at least `margin` logits to spare
 (and the old object's first token is `old_gap` logits below the target's), not after a fixed
 number of steps.
@@ -37,6 +38,10 @@ class StageConfig:
     # p < 0.001, and the rank test used to add ~50 steps (and drift) for nothing.
     old_gap: float = 3.0
     kl_weight: float = 2.0
+    # Penalty on any rise of the targets' first tokens' log-probability on the retain prompts
+    # (hinge on current - original): the KL term barely notices P(new) going from 1e-4 to 1e-2
+    # on a neighbour, yet that is what lets the new object overtake a neighbour's true answer.
+    leak_weight: float = 0.0
     suppress_weight: float = 1.0
     weight_decay: float = 0.0
     # Train only this share of each vector's units: those with the largest first-step gradient.
@@ -105,10 +110,21 @@ class RetainSet:
 
     def kl(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Mean KL(original || current) over the prompts in `rows`."""
+        return self.kl_and_leak(model, rows)[0]
+
+    def kl_and_leak(self, model: nn.Module, rows: torch.Tensor | None = None,
+                    watched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean KL(original || current) over the prompts in `rows`, and the mean rise (hinge) of
+        the `watched` tokens' log-probabilities over their original values (0 without any)."""
         rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
-        current = self.logprobs(model, rows)
+        current = self.logprobs(model, rows)  # (R', V)
         ref = self.reference_logprobs[rows.to(self.reference_logprobs.device)].to(current.device)
-        return (ref.exp() * (ref - current)).sum(-1).mean()
+        kl = (ref.exp() * (ref - current)).sum(-1).mean()
+        if watched is None or watched.numel() == 0:
+            return kl, kl.new_zeros(())
+        watched = watched.to(current.device)
+        rise = current[:, watched].float() - ref[:, watched].float()  # (R', W)
+        return kl, torch.relu(rise).mean()
 
 
 def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -152,6 +168,7 @@ def train_stage(
     device = input_device(model)
     batch: TeacherForcedBatch = build_batch(tokenizer, prompts, targets, device)
     first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
+    watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     model.train(False)  # no dropout: edits must be deterministic
     for step in range(config.max_steps + 1):
@@ -172,8 +189,10 @@ def train_stage(
         if suppress_token is not None and config.suppress_weight:
             p_old = torch.softmax(logits[first_positions.to(logits.device)], -1)[:, suppress_token]
             loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
-        if retain is not None and config.kl_weight:
-            loss = loss + config.kl_weight * retain.kl(model, retain.rows_for_step(step, config.retain_batch))
+        if retain is not None and (config.kl_weight or config.leak_weight):
+            kl, leak = retain.kl_and_leak(model, retain.rows_for_step(step, config.retain_batch),
+                                          watched if config.leak_weight else None)
+            loss = loss + config.kl_weight * kl + config.leak_weight * leak
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if step == 0 and config.unit_fraction is not None:
