@@ -1,0 +1,201 @@
+"""The bench run: select facts, edit each on a fresh copy per method, append, summarize."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ...edit import get_editor
+from ...localize import LOCALIZERS, localize
+from ...models.arch import get_adapter
+from ...models.components import Component
+from ...pipeline import EditConfig, edit
+from ..datasets import SPORTS, load_requests
+from ..facts import Fact, control_facts, controls_for
+from ..fluency import perplexity
+from ..multiple_choice import choice_set, distractors_for
+from ..runner import Probe, take_snapshot
+from .audits import audit_result
+from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
+from .measures import fact_measures
+from .plan import label_for, plan, random_components
+from .results import append_result, read_results
+from .selection import Selection, select_facts
+from .summary import summarize, write_summary
+
+
+def _load_controls(path: str | None) -> list[Fact]:
+    if not path:
+        return control_facts()
+    facts = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+            facts.append(Fact(prompt=data["prompt"], answer=data["answer"], relation=data.get("relation", "")))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise BenchError(f"{path}: line {lineno}: not a control fact ({exc})") from None
+    if not facts:
+        raise BenchError(f"{path}: no control facts")
+    return facts
+
+
+def _check_resume(out: Path, config: BenchConfig, resume: bool) -> dict | None:
+    meta_path, results = out / "bench.json", out / "results.jsonl"
+    if not resume:
+        if results.exists() and results.stat().st_size:
+            raise BenchError(f"{out}: holds results from an earlier run; pass --resume or another --out")
+        return None
+    if not meta_path.exists():
+        return None
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    old = meta.get("config", {})
+    for name in ("data", "fmt", "model", "seed", "keep_unknown", "edit"):
+        if old.get(name) != config.to_dict()[name]:
+            raise BenchError(f"{out}: --resume with a different {name} than the run there "
+                             f"({old.get(name)!r}); use another --out")
+    return meta
+
+
+def run_bench(config: BenchConfig, resume: bool = False, console=None,
+              on_record: Callable[[dict], None] | None = None) -> dict:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ...models import load_model
+
+    console = console or Console(stderr=True)
+    for method in config.methods:
+        get_editor(method)
+    for loc in config.localizers:
+        if loc != RANDOM_LOCALIZER and loc not in LOCALIZERS:
+            raise BenchError(f"unknown localizer {loc!r}; available: {', '.join(sorted([*LOCALIZERS, RANDOM_LOCALIZER]))}")
+    requests = load_requests(config.data, config.fmt, config.seed)
+    controls = _load_controls(config.controls)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _check_resume(out, config, resume)
+    results_path = out / "results.jsonl"
+    records = read_results(results_path) if resume else []
+
+    loaded = load_model(config.model, dtype=config.dtype, device=config.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    started = time.perf_counter()
+
+    old_sel = (meta or {}).get("selection")
+    if old_sel and (len(old_sel["kept"]) >= config.n or old_sel["scanned"] >= old_sel["total"]):
+        selection = Selection(**old_sel)
+        selection.kept = selection.kept[: config.n]
+    else:
+        with console.status("selecting facts the model knows"):
+            selection = select_facts(model, tokenizer, requests, config.fmt, config.n, config.keep_unknown,
+                                     config.max_scan)
+    (out / "bench.json").write_text(json.dumps({"config": config.to_dict(), "model": loaded.name,
+                                                "selection": selection.to_dict()}, indent=2) + "\n")
+    console.print(f"bench: {len(selection.kept)} facts kept of {selection.scanned} scanned "
+                  f"({selection.criterion}); {selection.untokenizable} not expressible by the tokenizer")
+    if not selection.kept:
+        raise BenchError(f"{config.data}: none of the {selection.scanned} scanned facts passes the filter "
+                         f"({selection.criterion}); scan more or pass --keep-unknown")
+
+    base_ppl = perplexity(model, tokenizer)
+    control_probes = [Probe("control", f.prompt, f.answer) for f in controls]
+    control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
+                                     config.edit.evaluate, kinds={"control"}, margins=True)
+
+    pairs = plan(config.methods, config.localizers)
+    done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}
+    todo = [(i, m, loc) for i in selection.kept for m, loc in pairs if (str(i), m, loc) not in done]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("edits", total=len(todo))
+        current, per_fact = None, {}
+        for index, method, loc in todo:
+            request = requests[index]
+            if index != current:  # per-fact work shared by all methods
+                current = index
+                per_fact = {"components": {}, "localize_s": {}}
+                distractors = ([s for s in SPORTS if s not in (request.old_object, request.new_object)]
+                               if config.fmt == "sports" else distractors_for(request, requests, 2, config.seed))
+                per_fact["choices"] = choice_set(tokenizer, request, distractors)
+                per_fact["before"] = fact_measures(model, tokenizer, request, per_fact["choices"],
+                                                   config.generation_tokens)
+            bar.update(task, description=f"fact {index} {request.subject[:20]!s}: {label_for(method, loc)}")
+            record = {"key": str(index), "index": index, "case_id": request.case_id, "subject": request.subject,
+                      "prompt": request.text, "old": request.old_object, "new": request.new_object,
+                      "relation": request.relation, "method": method, "localizer": loc,
+                      "label": label_for(method, loc)}
+            try:
+                cfg = copy.deepcopy(config.edit)
+                cfg.method = method
+                components = [] if loc is None else _components(model, tokenizer, request, cfg, loc, index,
+                                                                config, per_fact)
+                result = edit(model, tokenizer, request, cfg, controls=controls_for(request, controls),
+                              control_baseline=control_baseline, components=components)
+                after = fact_measures(result.model, tokenizer, request, per_fact["choices"],
+                                      config.generation_tokens)
+                metrics = dict(result.metrics)
+                metrics.update({k: v for k, v in after.items() if k not in ("generations", "mc_old_first")})
+                metrics["perplexity"] = perplexity(result.model, tokenizer)
+                metrics["trainable_parameters"] = sum(s.trainable_parameters for s in result.outcome.stages)
+                metrics["steps"] = result.outcome.steps
+                metrics["seconds"] = result.timings["total_s"] + per_fact["localize_s"].get(loc, 0.0)
+                if config.audit:
+                    record["audit"] = audit_result(model, tokenizer, request, result, requests, controls,
+                                                   out / "audits" / f"{index}-{record['label']}.json", per_fact)
+                    metrics.update(record["audit"].pop("metrics"))
+                record.update({
+                    "metrics": metrics,
+                    "components": [c.name for c in components],
+                    "stages": [s.to_dict() for s in result.outcome.stages],
+                    "timings": {**result.timings, "localize_s": per_fact["localize_s"].get(loc, 0.0)},
+                    "before": {k: v for k, v in per_fact["before"].items() if k != "generations"},
+                    "generations": {"before": per_fact["before"]["generations"], "after": after["generations"]},
+                    "rows": [r.to_dict() for r in result.rows if r.kind != "control"],
+                })
+                del result
+            except (ValueError, RuntimeError) as exc:  # one failed edit must not sink the run
+                record["error"] = f"{type(exc).__name__}: {exc}"
+                console.print(f"[red]fact {index} {method}: {record['error']}[/]")
+            append_result(results_path, record)
+            records.append(record)
+            if on_record:
+                on_record(record)
+            bar.advance(task)
+
+    summary = summarize(config, loaded.name, selection, records, base_ppl)
+    summary["seconds"] = time.perf_counter() - started
+    write_summary(out, summary)
+    return summary
+
+
+def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int, config: BenchConfig,
+                per_fact: dict) -> list[Component]:
+    """Localize once per fact and localizer; every method of the fact reuses the components."""
+    if loc in per_fact["components"]:
+        return per_fact["components"][loc]
+    tick = time.perf_counter()
+    if loc == RANDOM_LOCALIZER and loc not in LOCALIZERS:
+        real = [c for name, c in per_fact["components"].items() if name != RANDOM_LOCALIZER]
+        count = len(real[0]) if real else cfg.localize.top_k
+        comps = random_components(model, count, cfg.localize.kinds, config.seed * 100_003 + index)
+    else:
+        cfg.localize.method = loc
+        result = localize(model, tokenizer, request, cfg.localize)
+        comps = result.select_by(cfg.localize, get_adapter(model).num_layers(model))
+    per_fact["components"][loc] = comps
+    per_fact["localize_s"][loc] = time.perf_counter() - tick
+    return comps
+
