@@ -109,6 +109,15 @@ def test_bench_audit_gives_each_edit_a_verdict(tiny_dir, tmp_path, capsys):
     assert "audit: soft forgetting" in (out / "summary.md").read_text()
     assert len(summary["audits"]) == 2 and set(summary["audits"][0]["verdicts"]) == {"unlearn-then-learn", "learn-only"}
     assert "Audit verdict per fact" in (out / "summary.md").read_text()
+    # --summarize rebuilds the summary from the results alone, to the same numbers
+    (out / "summary.md").unlink()
+    assert main(["bench", "--out", str(out), "--summarize", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["methods"] == summary["methods"] and again["audits"] == summary["audits"]
+    assert "Audit verdict per fact" in (out / "summary.md").read_text()
+    assert main(["bench", "--out", str(tmp_path / "nowhere"), "--summarize"]) == 2
+    assert "bench.json not found" in capsys.readouterr().err
+    assert main(["bench", "--out", str(out)]) == 2 and "--data is required" in capsys.readouterr().err
 
 
 def test_results_are_flushed_per_edit_and_resume_skips_them(tiny_dir, tmp_path):

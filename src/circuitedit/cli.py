@@ -234,8 +234,19 @@ def cmd_localize(args, console: Console) -> int:
 def cmd_bench(args, console: Console) -> int:
     from argparse import Namespace
 
-    from .evaluate.bench import BenchConfig, run_bench
+    from .evaluate.bench import BenchConfig, resummarize, run_bench
 
+    if args.summarize:
+        summary = resummarize(args.out)
+        if args.json:
+            print(json.dumps(summary, default=str))
+        else:
+            from rich.markdown import Markdown
+
+            console.print(Markdown((Path(args.out) / "summary.md").read_text(encoding="utf-8")))
+        return 0
+    if args.data is None:
+        raise ValueError("bench: --data is required (except with --summarize)")
     edit_args = Namespace(**{**vars(args), "localizer": None, "method": None, "keep_adapter": False})
     config = BenchConfig(
         data=str(args.data), fmt=args.format, out=str(args.out), n=args.n,
@@ -327,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_localize)
 
     p = sub.add_parser("bench", help="benchmark editing methods on many facts (single-edit protocol)")
-    p.add_argument("--data", type=Path, required=True, help="fact data set file")
+    p.add_argument("--data", type=Path, default=None, help="fact data set file")
     p.add_argument("--format", default="counterfact-rome",
                    choices=["counterfact", "counterfact-rome", "sports", "zsre", "jsonl"])
     p.add_argument("--n", type=int, default=20, help="facts to edit (known facts, in file order)")
@@ -337,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated localizers for the localized methods; 'random' is the control")
     p.add_argument("--out", type=Path, default=Path("bench"), help="results.jsonl, summary.{json,md,png}")
     p.add_argument("--resume", action="store_true", help="keep OUT/results.jsonl and skip finished edits")
+    p.add_argument("--summarize", action="store_true",
+                   help="only rewrite OUT/summary.* from OUT/results.jsonl (no model, no edits)")
     p.add_argument("--keep-unknown", action="store_true", help="skip the knows-the-fact filter")
     p.add_argument("--max-scan", type=int, default=None, help="scan at most this many records for known facts")
     p.add_argument("--controls", type=Path, default=None, help="JSONL control facts (default: built-in)")

@@ -13,11 +13,11 @@ from .config import DEFAULT_LOCALIZER, DEFAULT_METHODS, RANDOM_LOCALIZER, BenchC
 from .measures import fact_measures, neighbourhood_specificity
 from .plan import label_for, plan, random_components
 from .results import append_result, read_results
-from .run import run_bench
+from .run import resummarize, run_bench
 from .selection import Selection, knows, select_facts
 from .summary import SUMMARY_METRICS, aggregate, bootstrap_interval, summary_markdown, write_summary
 
 __all__ = ["DEFAULT_LOCALIZER", "DEFAULT_METHODS", "RANDOM_LOCALIZER", "SUMMARY_METRICS", "BenchConfig", "BenchError",
            "Selection", "aggregate", "append_result", "bootstrap_interval", "fact_measures", "knows", "label_for",
-           "neighbourhood_specificity", "plan", "random_components", "read_results", "run_bench", "select_facts",
+           "neighbourhood_specificity", "plan", "random_components", "read_results", "resummarize", "run_bench", "select_facts",
            "summary_markdown", "write_summary"]

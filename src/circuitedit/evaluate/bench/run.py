@@ -110,6 +110,8 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                          f"({selection.criterion}); scan more or pass --keep-unknown")
 
     base_ppl = perplexity(model, tokenizer)
+    meta_data = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    (out / "bench.json").write_text(json.dumps({**meta_data, "base_perplexity": base_ppl}, indent=2) + "\n")
     control_probes = [Probe("control", f.prompt, f.answer) for f in controls]
     control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
                                      config.edit.evaluate, kinds={"control"}, margins=True)
@@ -199,3 +201,30 @@ def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int
     per_fact["localize_s"][loc] = time.perf_counter() - tick
     return comps
 
+
+def resummarize(out: Path | str) -> dict:
+    """Rewrite OUT/summary.{json,md,png} from OUT/results.jsonl and OUT/bench.json alone: no model
+    is loaded and nothing is edited (e.g. after a newer circuitedit adds a table)."""
+    out = Path(out)
+    meta_path = out / "bench.json"
+    if not meta_path.exists():
+        raise BenchError(f"{meta_path} not found (is {out} a bench output directory?)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        saved = dict(meta["config"])
+        fields = set(BenchConfig.__dataclass_fields__) - {"edit"}
+        config = BenchConfig(**{k: v for k, v in saved.items() if k in fields},
+                             edit=EditConfig.from_dict(saved.get("edit", {})))
+        selection = Selection(**meta["selection"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BenchError(f"{meta_path}: not written by bench ({exc})") from None
+    previous_path = out / "summary.json"
+    previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.exists() else {}
+    base_ppl = meta.get("base_perplexity", previous.get("base", {}).get("perplexity"))
+    records = read_results(out / "results.jsonl")
+    if not records:
+        raise BenchError(f"{out / 'results.jsonl'}: no results to summarize")
+    summary = summarize(config, meta.get("model", config.model), selection, records, base_ppl)
+    summary["seconds"] = previous.get("seconds")
+    write_summary(out, summary)
+    return summary
