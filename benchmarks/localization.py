@@ -123,7 +123,14 @@ def main() -> None:
     parser.add_argument("--edits-out", type=Path, default=None,
                         help="append each --edit-facts edit here (JSONL); a rerun skips the edits already there")
     parser.add_argument("--json-out", type=Path, default=None, help="write the raw per-fact numbers here")
+    parser.add_argument("--table-only", action="store_true",
+                        help="print the edit-quality table from --edits-out and stop (no model, no edits)")
     args = parser.parse_args()
+    if args.table_only:
+        if not args.edits_out or not args.edits_out.exists():
+            parser.error("--table-only needs an existing --edits-out file")
+        table_from_file(args.edits_out)
+        return
     methods = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != REFERENCE]
 
     model, tokenizer = load_model(args.model)
@@ -219,11 +226,17 @@ def edit_table(model, tokenizer, results: list[dict], methods: list[str], args) 
             print(f"  edit {index + 1}/{len(results)} {request.subject!r} [{method}]: "
                   + ", ".join(f"{k} {result.metrics.get(k)}" for k in EDIT_METRICS), flush=True)
     cases = [_request(e).case_id for e in results]
-    table = {m: [done[(c, m)] for c in cases if (c, m) in done] for m in methods}
     policy = edit_config.localize
-    print(f"\nEdit quality per localization ({len(cases)} facts; the edit's own selection policy: top-{policy.top_k} "
-          f"{policy.kinds} at {policy.positions} positions; all-layers edits every MLP). Paired difference from "
-          "random localization on the same facts: mean [95% bootstrap interval].\n")
+    print_edit_table(done, cases, methods, f"top-{policy.top_k} {policy.kinds} at {policy.positions} positions")
+
+
+def print_edit_table(done: dict[tuple, dict], cases: list[str], methods: list[str], policy: str) -> None:
+    """The edit-quality table over the facts that every method has edited (same facts for all)."""
+    complete = [c for c in cases if all((c, m) in done for m in methods)]
+    table = {m: [done[(c, m)] for c in complete] for m in methods}
+    print(f"\nEdit quality per localization ({len(complete)} facts edited by every localizer; the edit's own "
+          f"selection policy: {policy}; all-layers edits every MLP). Paired difference from random "
+          "localization on the same facts: mean [95% bootstrap interval].\n")
     print("| localizer | facts | components | steps | " + " | ".join(EDIT_METRICS) + " | F_control - random | forget - random |")
     print("|---|---:|---:|---:|" + "---:|" * (len(EDIT_METRICS) + 2))
     random_rows = {r["case_id"]: r for r in table.get("random", [])}
@@ -235,6 +248,14 @@ def edit_table(model, tokenizer, results: list[dict], methods: list[str], args) 
         diffs = [_paired(rows, random_rows, k) if method != "random" else "-" for k in ("f_control", "forget_rate")]
         print(f"| {method} | {len(rows)} | {statistics.fmean(len(r['components']) for r in rows):.0f} | "
               f"{statistics.fmean(r['steps'] for r in rows):.1f} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
+
+
+def table_from_file(path: Path) -> None:
+    """--table-only: the edit-quality table from an --edits-out file, no model needed."""
+    done = _read_edits(path)
+    cases = list(dict.fromkeys(case for case, _ in done))
+    methods = list(dict.fromkeys(method for _, method in done))
+    print_edit_table(done, cases, methods, "as recorded in the file")
 
 
 def _num(value) -> float:
