@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ...requests import EditRequest
 from ..facts import Fact
+from .results import write_text_atomic
 
 REACH_KEYS = {"logit lens": "reach_logit_lens", "linear probe": "reach_linear_probe",
               "indirect prompts": "reach_indirect_prompts", "formats": "reach_formats", "relearning": "reach_relearning"}
+
 
 
 def audit_result(model, tokenizer, request: EditRequest, result, requests: Sequence[EditRequest],
@@ -34,9 +35,7 @@ def audit_result(model, tokenizer, request: EditRequest, result, requests: Seque
     stage1, stage2 = stage_models(model, result)
     report = audit_edit(model, tokenizer, request, stage1, stage2, config, relation=per_fact["audit_facts"])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report.to_dict(), default=str) + "\n")
     label = report.verdict["label"]
     reached = {key: float(any(name.startswith(prefix) for name in report.verdict["reaching"]))
                for prefix, key in REACH_KEYS.items()}

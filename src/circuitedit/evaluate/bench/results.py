@@ -37,3 +37,9 @@ def append_result(path: Path, record: dict) -> None:
         handle.flush()
         os.fsync(handle.fileno())
 
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

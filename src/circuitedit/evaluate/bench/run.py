@@ -22,7 +22,7 @@ from .audits import audit_result
 from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
 from .measures import fact_measures
 from .plan import label_for, plan, random_components
-from .results import append_result, read_results
+from .results import append_result, read_results, write_text_atomic
 from .selection import Selection, select_facts
 from .summary import summarize, write_summary
 
@@ -101,8 +101,6 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
         with console.status("selecting facts the model knows"):
             selection = select_facts(model, tokenizer, requests, config.fmt, config.n, config.keep_unknown,
                                      config.max_scan)
-    (out / "bench.json").write_text(json.dumps({"config": config.to_dict(), "model": loaded.name,
-                                                "selection": selection.to_dict()}, indent=2) + "\n")
     console.print(f"bench: {len(selection.kept)} facts kept of {selection.scanned} scanned "
                   f"({selection.criterion}); {selection.untokenizable} not expressible by the tokenizer")
     if not selection.kept:
@@ -110,8 +108,9 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                          f"({selection.criterion}); scan more or pass --keep-unknown")
 
     base_ppl = perplexity(model, tokenizer)
-    meta_data = json.loads((out / "bench.json").read_text(encoding="utf-8"))
-    (out / "bench.json").write_text(json.dumps({**meta_data, "base_perplexity": base_ppl}, indent=2) + "\n")
+    write_text_atomic(out / "bench.json", json.dumps({"config": config.to_dict(), "model": loaded.name,
+                                                      "selection": selection.to_dict(),
+                                                      "base_perplexity": base_ppl}, indent=2) + "\n")
     control_probes = [Probe("control", f.prompt, f.answer) for f in controls]
     control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
                                      config.edit.evaluate, kinds={"control"}, margins=True)

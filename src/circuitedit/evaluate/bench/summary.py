@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .config import BenchConfig
+from .results import write_text_atomic
 from .selection import Selection
 
 # Rows of the summary table, in order (rates first, then costs).
@@ -162,9 +164,11 @@ def bar_chart(summary: dict, path: Path) -> None:
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
-    bar_chart(summary, out / "summary.png")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.md", summary_markdown(summary))
+    tmp = out / "summary.tmp.png"
+    bar_chart(summary, tmp)
+    os.replace(tmp, out / "summary.png")
 
 
 REACH_SHORT = {"logit lens": "lens", "linear probe": "probe", "indirect prompts": "prompts", "formats": "formats",
