@@ -110,10 +110,6 @@ class RetainSet:
         turn = self.pinned + (torch.arange(size, device=device) + step * size) % rotating
         return torch.cat([torch.arange(self.pinned, device=device), turn])
 
-    def kl(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean KL(original || current) over the prompts in `rows`."""
-        return self.kl_and_leak(model, rows)[0]
-
     def kl_and_leak(self, model: nn.Module, rows: torch.Tensor | None = None,
                     watched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean KL(original || current) over the prompts in `rows`, and the mean rise (hinge) of
