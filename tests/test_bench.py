@@ -86,6 +86,20 @@ def test_bench_two_facts_two_methods(tiny_dir, tmp_path, capsys):
     assert learn["efficacy"]["low"] <= learn["efficacy"]["mean"] <= learn["efficacy"]["high"]
     table = (out / "summary.md").read_text()
     assert "| metric | none | learn-only |" in table and "F_control" in table and "2 kept of 2 scanned" in table
+    # every record says which code produced it; one version gives one line
+    assert all(r["software"]["torch"] for r in records)
+    assert table.count("- software:") == 1
+
+
+def test_summary_flags_results_of_mixed_software():
+    from circuitedit.evaluate.bench.provenance import software_lines
+
+    old = {"circuitedit": "0.1.0", "torch": "2.13.0", "git": "aaaa"}
+    new = {**old, "git": "bbbb"}
+    lines = software_lines([{"software": old}, {"software": old}, {"software": new}, {}])
+    assert lines[0].startswith("- software (results from more than one version)")
+    assert any("git aaaa" in line and "2 records" in line for line in lines)
+    assert any("not recorded: 1 records" in line for line in lines)
 
 
 def test_bench_audit_gives_each_edit_a_verdict(tiny_dir, tmp_path, capsys):

@@ -22,6 +22,7 @@ from .audits import audit_result
 from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
 from .measures import fact_measures
 from .plan import label_for, plan, random_components
+from .provenance import software
 from .results import append_result, read_results, write_text_atomic
 from .selection import Selection, select_facts
 from .summary import summarize, write_summary
@@ -115,6 +116,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
                                      config.edit.evaluate, kinds={"control"}, margins=True)
 
+    provenance = software()
     pairs = plan(config.methods, config.localizers)
     done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}
     todo = [(i, m, loc) for i in selection.kept for m, loc in pairs if (str(i), m, loc) not in done]
@@ -137,7 +139,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
             record = {"key": str(index), "index": index, "case_id": request.case_id, "subject": request.subject,
                       "prompt": request.text, "old": request.old_object, "new": request.new_object,
                       "relation": request.relation, "method": method, "localizer": loc,
-                      "label": label_for(method, loc)}
+                      "label": label_for(method, loc), "software": provenance}
             try:
                 cfg = copy.deepcopy(config.edit)
                 cfg.method = method

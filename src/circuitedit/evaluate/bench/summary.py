@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import BenchConfig
+from .provenance import software_lines
 from .results import write_text_atomic
 from .selection import Selection
 
@@ -108,6 +109,7 @@ def summary_markdown(summary: dict) -> str:
         f"- single-edit protocol: each fact edited on a fresh copy of the base model; "
         f"mean [95% bootstrap interval] over facts ({summary['bootstrap']} resamples)",
         f"- base model: neutral-text perplexity {summary['base']['perplexity']:.1f}",
+        *summary.get("software", []),
         "",
     ]
     labels = list(methods)
@@ -211,6 +213,7 @@ def summarize(config: BenchConfig, model_name: str, selection: Selection, record
                    "neighbourhood_specificity": mean("neighbourhood_specificity")},
         "methods": methods,
         "audits": audit_verdicts(records),
+        "software": software_lines(records),
         "config": config.to_dict(),
         "results": str(Path(config.out) / "results.jsonl"),
     }
