@@ -14,10 +14,6 @@ from circuitedit.evaluate.facts import demo_requests
 pytestmark = pytest.mark.integration
 
 THRESHOLD = 0.9
-# Held-out paraphrases of the second edit: 3 of 4 measured with the default configuration
-# ("Which sport does Michael Jordan play? He plays" -> " for the Los Angeles Lakers"), below the
-# issue's 0.9 goal (see README); the test guards the level reached.
-SECOND_EDIT_PARAPHRASE_FLOOR = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +21,9 @@ def embedded():
     return load_model()
 
 
-def _assert_edit_quality(metrics: dict, paraphrase_floor: float = THRESHOLD) -> None:
+def _assert_edit_quality(metrics: dict) -> None:
     assert metrics["new_fact_accuracy"] >= THRESHOLD, metrics
-    assert metrics["paraphrase_accuracy"] >= paraphrase_floor, metrics  # held-out paraphrases only
+    assert metrics["paraphrase_accuracy"] >= THRESHOLD, metrics  # held-out paraphrases only
     assert metrics["forget_rate"] >= THRESHOLD, metrics
     assert metrics["f_control"] >= THRESHOLD, metrics
     assert metrics["control_known_before"] >= 40, metrics  # known clearly, not by a near-tie
@@ -51,7 +47,7 @@ def test_second_relation_edit_leaves_base_model_untouched(embedded):
     request = demo_requests()[1]  # a different relation: the sport an athlete plays
     before = {k: v.clone() for k, v in model.state_dict().items() if "layers.3." in k}
     result = edit(model, tokenizer, request)
-    _assert_edit_quality(result.metrics, SECOND_EDIT_PARAPHRASE_FLOOR)
+    _assert_edit_quality(result.metrics)
     for key, value in before.items():
         assert torch.equal(model.state_dict()[key], value), key
     rows = {(r.kind, r.prompt): r for r in result.rows}

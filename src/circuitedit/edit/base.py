@@ -20,9 +20,10 @@ from .training import RetainSet, StageConfig, StageLog
 @dataclass
 class EditorConfig:
     unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0))
-    # Learning to a 4-logit margin (not 2) generalises to more held-out paraphrases: 0.66 vs 0.50
-    # on 8 dev edits, F_control 0.968 vs 0.972, 30 vs 25 steps (README).
-    learn: StageConfig = field(default_factory=lambda: StageConfig(margin=4.0))
+    # A larger learn margin generalises to more held-out paraphrases, at more steps. On 8 dev
+    # edits (README): margin 2 / 4 / 5 / 6 gives paraphrase accuracy 0.50 / 0.66 / 0.69 / 0.75,
+    # 25 / 30 / 35 / 45 steps; 6 also loses neighbourhood accuracy (0.78 -> 0.70).
+    learn: StageConfig = field(default_factory=lambda: StageConfig(margin=5.0))
     uncertainty: str = "I am not sure."  # may use {subject}, e.g. "I am not sure where {subject} is."
     mlp_scaling: str = "hidden"  # IA3 on the MLP's hidden units ("hidden") or its output ("output")
     merge_learned: bool = True  # merge the stage-2 adapter too (False keeps it as an adapter)
