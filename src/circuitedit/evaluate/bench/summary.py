@@ -23,6 +23,7 @@ SUMMARY_METRICS = {
     "forget_rate_stated": "forget rate where the old fact was stated",
     "f_control": "F_control",
     "neighbourhood_accuracy": "neighbourhood accuracy",
+    "question_accuracy": "question form through the chat template (chat models)",
     "efficacy": "CF efficacy P(new)>P(old)",
     "paraphrase_efficacy": "CF paraphrase P(new)>P(old)",
     "neighbourhood_specificity": "CF neighbourhood P(true)>P(new)",
