@@ -76,6 +76,8 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
 
     from ...models import load_model
 
+    # First, before anything slow: the checkout may move on while a long run works.
+    provenance = software()
     console = console or Console(stderr=True)
     for method in config.methods:
         get_editor(method)
@@ -116,7 +118,6 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
                                      config.edit.evaluate, kinds={"control"}, margins=True)
 
-    provenance = software()
     pairs = plan(config.methods, config.localizers)
     done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}
     todo = [(i, m, loc) for i in selection.kept for m, loc in pairs if (str(i), m, loc) not in done]
