@@ -15,7 +15,7 @@ from torch import nn
 from .base import EditOutcome, freeze, register
 from .training import StageConfig, train_stage
 
-FT_LR = 2e-5  # Adam; the StageConfig default (5e-2) is an IA3 learning rate
+FT_LR = 2e-5  # Adam; the StageConfig default (2e-2) is an IA3 learning rate
 
 
 def ft_stage_config(config, default_lr: float = FT_LR, attr: str = "ft_lr") -> StageConfig:
