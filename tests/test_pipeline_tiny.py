@@ -165,6 +165,8 @@ def test_neighbourhood_subjects_are_never_kl_neighbours():
     prompts = same_template_prompts(model, tokenizer, request, pool, count=4)
     assert prompts and not any(p.startswith("The the Louvre") for p in prompts)
     assert request.text not in prompts
+    assert "The Colosseum is located in the city of" in prompts  # "The {}" + "the Colosseum": one article
+    assert not any(p.startswith("The the ") for p in prompts)
     with_siblings = same_template_prompts(model, tokenizer, request, pool, count=2, siblings=2)
     made_up = [p for p in with_siblings if p not in same_template_prompts(model, tokenizer, request, pool, count=2)]
     assert len(made_up) == 2 and all("Eiffel " in p or " Tower" in p for p in made_up)
@@ -195,3 +197,7 @@ def test_leak_term_counts_only_rises_of_the_watched_tokens():
     change = retain.logprobs(model)[:, watched] - retain.reference_logprobs[:, watched]
     assert float(change.min()) < 0 < float(change.max())
     assert float(leak) == pytest.approx(float(change.clamp(min=0).mean()), rel=1e-4)  # falls cost nothing
+    kl, _ = retain.kl_and_leak(model, rows=torch.tensor([2, 0]))
+    reference = retain.reference_logprobs[[2, 0]]
+    direct = (reference.exp() * (reference - retain.logprobs(model, torch.tensor([2, 0])))).sum(-1).mean()
+    assert float(kl) == pytest.approx(float(direct), rel=1e-4) and float(kl) > 0

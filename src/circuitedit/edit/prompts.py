@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..evaluate.scoring import input_device, last_token_logits, prompt_and_target_ids
+from ..evaluate.scoring import input_device, iter_last_token_logits, prompt_and_target_ids
 from ..requests import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
@@ -62,6 +62,15 @@ def _distinct(items) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def fill_without_double_article(request: EditRequest, subject: str) -> str:
+    """The edit template filled with `subject`, dropping the subject's own "the" where the
+    template already has one ("The {} is located in" + "the Alhambra")."""
+    before = request.prompt.split("{}")[0]
+    if before.casefold().endswith("the ") and subject.casefold().startswith("the "):
+        subject = subject[4:]
+    return request.fill(request.prompt, subject)
+
+
 @torch.no_grad()
 def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int,
                           siblings: int = 0) -> list[str]:
@@ -83,11 +92,13 @@ def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str
 
     others = [s for s in pool if usable(s)]
     made_up = [s for s in sibling_subjects(request.subject, pool) if usable(s)] if siblings > 0 else []
-    prompts = [request.fill(request.prompt, s) for s in others + made_up]
-    probs = last_token_logits(model, tokenizer, prompts, batch_size=64).float().softmax(-1)  # (P, V)
+    prompts = [fill_without_double_article(request, s) for s in others + made_up]
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
-    old_prob = probs[:, old_token]
+    old_prob, top_prob = torch.zeros(len(prompts)), torch.zeros(len(prompts))
+    for indices, logits in iter_last_token_logits(model, tokenizer, prompts, batch_size=64):
+        logprobs = logits.float().log_softmax(-1).cpu()  # (batch, V)
+        old_prob[indices], top_prob[indices] = logprobs[:, old_token].exp(), logprobs.max(-1).values.exp()
     hard = old_prob[: len(others)].argsort(descending=True)[:count].tolist()
     close = (len(others) + old_prob[len(others):].argsort(descending=True)[:siblings]).tolist()
-    confident = [i for i in probs[: len(others)].max(-1).values.argsort(descending=True).tolist() if i not in hard]
+    confident = [i for i in top_prob[: len(others)].argsort(descending=True).tolist() if i not in hard]
     return [prompts[i] for i in hard + close + confident[: count // 2]]

@@ -94,12 +94,18 @@ class RetainSet:
         retain.reference_logprobs = retain.logprobs(model).detach()
         return retain
 
+    def logits(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', V) fp32 next-token logits of the prompts in `rows` (all by default)."""
+        rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
+        # Trailing columns that are padding in every selected row change nothing (right padding).
+        width = int(self.attention_mask[rows].sum(-1).max())
+        hidden = hidden_states(model, self.input_ids[rows, :width], self.attention_mask[rows, :width])
+        index = torch.arange(len(rows), device=hidden.device)
+        return logits_from_hidden(model, hidden[index, self.last[rows].to(hidden.device)])
+
     def logprobs(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(R', V) next-token log-probs of the prompts in `rows` (all by default)."""
-        rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
-        hidden = hidden_states(model, self.input_ids[rows], self.attention_mask[rows])
-        index = torch.arange(len(rows), device=hidden.device)
-        return torch.log_softmax(logits_from_hidden(model, hidden[index, self.last[rows].to(hidden.device)]), -1)
+        return torch.log_softmax(self.logits(model, rows), -1)
 
     def rows_for_step(self, step: int, size: int) -> torch.Tensor:
         """The pinned prompts plus the next `size` of the others, in turn."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -164,21 +164,38 @@ def object_logprobs(
 
 
 @torch.no_grad()
-def last_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-    """(P, V) next-token logits after each prompt."""
+def iter_last_token_logits(
+    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices into `prompts`, (len(indices), V) next-token logits) per batch.
+
+    Prompts are batched by length, so short prompts are not padded to the longest one; a caller
+    that reduces each batch never holds the whole (P, V) matrix (314 x 262k floats is 330 MB).
+    """
     device = input_device(model)
-    out: list[torch.Tensor] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        ids = [encode_text(tokenizer, p) for p in chunk]
+    encoded = [encode_text(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        ids = [encoded[i] for i in indices]
         width = max(map(len, ids))
-        pad = tokenizer.pad_token_id or 0
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
         hidden = hidden_states(model, input_ids, mask)
         last = torch.tensor([len(r) - 1 for r in ids], device=hidden.device)
-        out.append(logits_from_hidden(model, hidden[torch.arange(len(ids), device=hidden.device), last]).cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+        yield indices, logits_from_hidden(model, hidden[torch.arange(len(ids), device=hidden.device), last])
+
+
+@torch.no_grad()
+def last_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """(P, V) next-token logits after each prompt."""
+    out: torch.Tensor | None = None
+    for indices, logits in iter_last_token_logits(model, tokenizer, prompts, batch_size):
+        if out is None:
+            out = logits.new_empty(len(prompts), logits.shape[-1], device="cpu")
+        out[indices] = logits.cpu()
+    return out if out is not None else torch.zeros(0)
 
 
 def cache_keyword(module: nn.Module) -> str:
