@@ -201,3 +201,20 @@ def test_leak_term_counts_only_rises_of_the_watched_tokens():
     reference = retain.reference_logprobs[[2, 0]]
     direct = (reference.exp() * (reference - retain.logprobs(model, torch.tensor([2, 0])))).sum(-1).mean()
     assert float(kl) == pytest.approx(float(direct), rel=1e-4) and float(kl) > 0
+
+
+def test_retain_terms_have_zero_gradient_on_the_reference_model():
+    """Why train_stage may skip the retain forward at step 0 when it starts at the reference."""
+    from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
+    from circuitedit.edit.training import RetainSet
+
+    model, tokenizer = tiny_model(FAMILY, seed=SEED)
+    model = model.float()
+    retain = RetainSet.from_model(model, tokenizer, ["The Louvre is in", "Bees make", "Water is"])
+    working = copy.deepcopy(model)
+    freeze(working)
+    peft_model = attach_ia3(working, get_adapter(working), [Component(0, MLP), Component(1, MLP)])
+    kl, leak = retain.kl_and_leak(peft_model.get_base_model(), watched=torch.arange(40, 80))
+    (kl + leak).backward()
+    grads = [p.grad for p in ia3_vectors(peft_model).values()]
+    assert grads and all(g is not None and float(g.abs().max()) < 1e-5 for g in grads)

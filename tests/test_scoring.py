@@ -142,3 +142,41 @@ def test_greedy_continuations_match_generate(family):
 )
 def test_contains_object_word_boundaries(text, obj, expected):
     assert contains_object(text, obj) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "obj", "expected"),
+    [
+        (" Paris, the capital", "Paris", True),
+        (" Paris", "Paris", False),  # may still become "Parisian"
+        (" Parisian", "Paris", False),
+        (" New York City", "New York", True),
+        (" C++", "C++", True),  # nothing after a non-letter can undo the match
+        ("", "Paris", False),
+    ],
+)
+def test_names_object_settled_only_when_no_continuation_can_undo_it(text, obj, expected):
+    from circuitedit.evaluate.scoring import names_object_settled
+
+    assert names_object_settled(text, obj) is expected
+    if expected:
+        assert all(contains_object(text + more, obj) for more in ("", "ian", " and", "x y"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_stop_at_ends_a_row_early_and_leaves_the_others(family):
+    """A row stopped at its object keeps a prefix of its full continuation that still names the
+    object; the rows that go on (after the batch shrinks) continue exactly as before."""
+    from circuitedit.evaluate.scoring import greedy_generate, names_object_settled
+
+    model, tokenizer = tiny_model(family)
+    prompts = [PROMPT, "Michael Jordan plays", "The capital of France is"]
+    full = greedy_generate(model, tokenizer, prompts, max_new_tokens=8).texts
+    words = [w for w in full[0].split() if w.isalnum()]
+    stop = next((w for w in words if names_object_settled(full[0], w)), None)
+    if stop is None:
+        pytest.skip(f"no settled word in the random continuation {full[0]!r}")
+    short = greedy_generate(model, tokenizer, prompts, max_new_tokens=8, stop_at=[stop, None, None]).texts
+    assert full[0].startswith(short[0]) and len(short[0]) < len(full[0])
+    assert contains_object(short[0], stop)
+    assert short[1:] == full[1:]

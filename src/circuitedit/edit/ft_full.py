@@ -50,7 +50,8 @@ def ft_full(model, tokenizer, request, components, context, config, progress=Non
         p.requires_grad_(True)
     targets = [request.new_object] * len(context.prompts)
     log = train_stage("finetune", model, tokenizer, context.prompts, targets, params,
-                      ft_stage_config(config), context.retain, context.old_token, progress)
+                      ft_stage_config(config), context.retain, context.old_token, progress,
+                      starts_at_reference=True)
     freeze(model)
     return EditOutcome(model=model, stages=[log])
 

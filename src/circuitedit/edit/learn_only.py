@@ -11,7 +11,8 @@ from .unlearn_then_learn import ia3_stage
 @register("learn-only")
 def learn_only(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
     targets = [request.new_object] * len(context.prompts)
-    peft_model, log = ia3_stage("learn", model, tokenizer, components, targets, context, config.learn, config, progress)
+    peft_model, log = ia3_stage("learn", model, tokenizer, components, targets, context, config.learn, config, progress,
+                               starts_at_reference=True)
     artifact = AdapterArtifact.capture("learn", peft_model)
     edited = merge_fp32(peft_model) if config.merge_learned else peft_model
     return EditOutcome(model=edited, stages=[log], adapters=[artifact])

@@ -57,7 +57,8 @@ def lora_localized(model, tokenizer, request, components, context, config, progr
         p.requires_grad_(any(p is q for q in params))
     labels = [request.new_object] * len(context.prompts)
     log = train_stage("lora", base, tokenizer, context.prompts, labels, params,
-                      ft_stage_config(config, LORA_LR, "lora_lr"), context.retain, context.old_token, progress)
+                      ft_stage_config(config, LORA_LR, "lora_lr"), context.retain, context.old_token, progress,
+                      starts_at_reference=True)
     log.trainable_parameters = effective
     artifact = AdapterArtifact.capture("lora", peft_model)
     merged = merge_fp32(peft_model)

@@ -165,8 +165,13 @@ def train_stage(
     retain: RetainSet | None = None,
     suppress_token: int | None = None,
     progress=None,
+    starts_at_reference: bool = False,
 ) -> StageLog:
-    """Train `params` (already the only ones requiring grad) until the targets are reached."""
+    """Train `params` (already the only ones requiring grad) until the targets are reached.
+
+    starts_at_reference: the model is the one `retain` was recorded on, so at step 0 the retain
+    terms are zero with zero gradient, and their forward pass (most of a step) is skipped.
+    """
     start = time.perf_counter()
     log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
     device = input_device(model)
@@ -193,7 +198,7 @@ def train_stage(
         if suppress_token is not None and config.suppress_weight:
             p_old = torch.softmax(logits[first_positions.to(logits.device)], -1)[:, suppress_token]
             loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
-        if retain is not None and (config.kl_weight or config.leak_weight):
+        if retain is not None and (config.kl_weight or config.leak_weight) and not (starts_at_reference and step == 0):
             kl, leak = retain.kl_and_leak(model, retain.rows_for_step(step, config.retain_batch),
                                           watched if config.leak_weight else None)
             loss = loss + config.kl_weight * kl + config.leak_weight * leak

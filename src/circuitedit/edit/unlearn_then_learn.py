@@ -8,13 +8,14 @@ from .ia3 import attach_ia3, ia3_vectors, merge_fp32
 from .training import train_stage
 
 
-def ia3_stage(name, model, tokenizer, components, targets, context, stage_config, config, progress=None):
+def ia3_stage(name, model, tokenizer, components, targets, context, stage_config, config, progress=None,
+              starts_at_reference=False):
     """Attach a fresh IA3 adapter on `components`, train it to `targets`; returns (peft_model, log)."""
     adapter = get_adapter(model)
     peft_model = attach_ia3(model, adapter, components, config.mlp_scaling)
     params = list(ia3_vectors(peft_model).values())
     log = train_stage(name, peft_model.get_base_model(), tokenizer, context.prompts, targets, params,
-                      stage_config, context.retain, context.old_token, progress)
+                      stage_config, context.retain, context.old_token, progress, starts_at_reference)
     return peft_model, log
 
 
@@ -22,7 +23,8 @@ def ia3_stage(name, model, tokenizer, components, targets, context, stage_config
 def unlearn_then_learn(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
     uncertainty = config.uncertainty.format(subject=request.subject)
     peft_model, unlearn_log = ia3_stage(
-        "unlearn", model, tokenizer, components, [uncertainty] * len(context.prompts), context, config.unlearn, config, progress
+        "unlearn", model, tokenizer, components, [uncertainty] * len(context.prompts), context, config.unlearn, config, progress,
+        starts_at_reference=True,
     )
     artifacts = [AdapterArtifact.capture("unlearn", peft_model)]
     model = merge_fp32(peft_model)

@@ -69,7 +69,10 @@ def take_snapshot(model, tokenizer, request: EditRequest, probes: list[Probe], c
         if not group:
             continue
         rendered = [render_prompt(tokenizer, p.prompt, CHAT) if chat else p.prompt for p in group]
-        greedy = greedy_generate(model, tokenizer, rendered, max_new, config.batch_size)
+        # A control or neighbour is judged only on naming its own answer, so its continuation
+        # may end as soon as it has; edit and paraphrase probes run on (the old object may follow).
+        stops = [p.expected if p.kind in MARGIN_KINDS else None for p in group]
+        greedy = greedy_generate(model, tokenizer, rendered, max_new, config.batch_size, stop_at=stops)
         for probe, text, margin in zip(group, greedy.texts, greedy.first_margins, strict=True):
             snap.continuations[(probe.kind, probe.prompt)] = text
             if margins and probe.kind in MARGIN_KINDS and not chat:

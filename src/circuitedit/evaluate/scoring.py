@@ -218,27 +218,35 @@ def greedy_continuations(
 
 @torch.no_grad()
 def greedy_generate(
-    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16,
+    stop_at: Sequence[str | None] | None = None,
 ) -> GreedyOutput:
     """Greedy continuations of already-rendered prompts, with the first token's margin.
 
     A KV-cached loop over the transformer body, left padding with explicit position ids, and
     the LM head applied to one contiguous (B, H) state per step: faster on CPU than `generate`.
+
+    stop_at: per prompt, an object (or None) whose settled appearance ends that prompt's
+    continuation early: `contains_object` then gives what it gives on the full-length text. Rows
+    that stop or reach EOS leave the batch, so the 262k-wide LM head runs on live rows only.
     """
     device = input_device(model)
     output = GreedyOutput([], [])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     cache_kw = cache_keyword(body(model))
+    stop_at = [None] * len(prompts) if stop_at is None else list(stop_at)
     for start in range(0, len(prompts), batch_size):
         ids = [encode_text(tokenizer, p) for p in prompts[start:start + batch_size]]
+        stops = stop_at[start:start + batch_size]
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         past = None
-        generated = []
-        finished = torch.zeros(len(ids), dtype=torch.bool, device=device)
+        tokens: list[list[int]] = [[] for _ in ids]
+        live = list(range(len(ids)))  # prompt index of each batch row
+        finished: set[int] = set()
         for step in range(max_new_tokens):
             out = body(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                               use_cache=True, **{cache_kw: past})
@@ -248,25 +256,51 @@ def greedy_generate(
                 top2 = logits.float().topk(2, -1).values
                 output.first_margins.extend((top2[:, 0] - top2[:, 1]).tolist())
             next_ids = logits.argmax(-1).to(device)
-            next_ids = torch.where(finished, torch.full_like(next_ids, pad), next_ids)
-            generated.append(next_ids)
-            if eos is not None:
-                finished |= next_ids == eos
-            if bool(finished.all()):
+            for index, token in zip(live, next_ids.tolist(), strict=True):
+                if index in finished:
+                    continue
+                tokens[index].append(token)
+                stop = stops[index]
+                if token == eos or (stop and names_object_settled(
+                        tokenizer.decode(tokens[index], skip_special_tokens=True), stop)):
+                    finished.add(index)
+            if len(finished) == len(ids) or step == max_new_tokens - 1:
                 break
+            keep = [row for row, index in enumerate(live) if index not in finished]
+            if len(keep) < len(live) and hasattr(past, "batch_select_indices"):
+                keep_rows = torch.tensor(keep, device=device)
+                past.batch_select_indices(keep_rows)
+                live = [live[row] for row in keep]
+                next_ids, positions, mask = next_ids[keep_rows], positions[keep_rows], mask[keep_rows]
+            elif len(keep) < len(live):  # a cache without batch selection: finished rows are fed padding
+                next_ids = torch.tensor([pad if index in finished else token
+                                         for index, token in zip(live, next_ids.tolist(), strict=True)], device=device)
             input_ids = next_ids[:, None]
             positions = positions[:, -1:] + 1
             mask = torch.cat([mask, torch.ones_like(input_ids)], dim=1)
-        tokens = torch.stack(generated, dim=1).tolist()
         output.texts.extend(tokenizer.batch_decode(tokens, skip_special_tokens=True))
     return output
 
 
-def contains_object(text: str, obj: str) -> bool:
-    """Whether a continuation names the object (case-insensitive, on word boundaries)."""
+def _object_pattern(obj: str, settled: bool = False) -> str | None:
     needle = re.escape(obj.strip().casefold())
     if not needle:
-        return False
+        return None
     left = r"\b" if obj.strip()[:1].isalnum() else ""
     right = r"\b" if obj.strip()[-1:].isalnum() else ""
-    return re.search(left + needle + right, text.casefold()) is not None
+    if right and settled:
+        right = r"(?=\W)"  # the character after the object is already there, and not a letter
+    return left + needle + right
+
+
+def contains_object(text: str, obj: str) -> bool:
+    """Whether a continuation names the object (case-insensitive, on word boundaries)."""
+    pattern = _object_pattern(obj)
+    return pattern is not None and re.search(pattern, text.casefold()) is not None
+
+
+def names_object_settled(text: str, obj: str) -> bool:
+    """Whether `text` names the object so that no continuation of it can undo that
+    ("Paris," yes; "Paris" no: it may go on as "Parisian")."""
+    pattern = _object_pattern(obj, settled=True)
+    return pattern is not None and re.search(pattern, text.casefold()) is not None
