@@ -1,18 +1,74 @@
-"""Time one full edit of the demo fact on the embedded model, stage by stage.
+"""Time full edits of a demo fact on the embedded model, stage by stage.
 
-    python benchmarks/edit_speed.py [--model M] [--repeats N]
+    python benchmarks/edit_speed.py [--model M] [--request I] [--repeats N] [--against GIT_REF]
 
-Prints a markdown table: load, localization, each training stage (steps, seconds), evaluation
-and total. Numbers come from one run on this machine; compare ratios, not absolutes.
+Prints a markdown table: load, evaluation, localization, preparation, each training stage
+(steps, seconds) and the total, as the median of N edits (each in a fresh process, so nothing
+is cached between them). With --against, the same edit also runs on the code of GIT_REF (a git
+worktree in a temporary directory), alternating old and new, and the table gains the old
+medians and the ratio: shared machines are noisy, so compare ratios measured in one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs in a child process against whichever circuitedit is first on PYTHONPATH; it uses only
+# the public API that every version has, so an old commit can run it too.
+CHILD = """
+import json, sys, time
 from circuitedit import edit, load_model
 from circuitedit.evaluate.facts import demo_requests
+model_name, index, dtype = sys.argv[1] or None, int(sys.argv[2]), sys.argv[3]
+tick = time.perf_counter()
+model, tokenizer = load_model(model_name, dtype=dtype)
+load_s = time.perf_counter() - tick
+result = edit(model, tokenizer, demo_requests()[index])
+print("RESULT " + json.dumps({
+    "load_s": load_s, "timings": result.timings, "passes": getattr(result.localization, "passes", None),
+    "stages": [[s.name, s.steps, s.seconds] for s in result.outcome.stages],
+    "components": [c.name for c in result.components],
+    "metrics": {k: result.metrics[k] for k in ("new_fact_accuracy", "paraphrase_accuracy", "forget_rate", "f_control")},
+}))
+"""
+
+
+def run_child(src: Path, args) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run([sys.executable, "-c", CHILD, args.model or "", str(args.request), args.dtype],
+                         env=env, capture_output=True, text=True, check=False)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if out.returncode or line is None:
+        raise SystemExit(f"edit run against {src} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def phases(run: dict) -> list[tuple[str, str, float]]:
+    t = run["timings"]
+    rows = [("load model (safetensors cache)", "", run["load_s"]),
+            ("evaluate before (probes + control facts)", "", t["evaluate_before_s"]),
+            ("localize (attribution patching)", f"{run['passes']} passes", t["localize_s"]),
+            ("prepare (prefixes, hard negatives, retain set, model copy)", "", t["prepare_s"])]
+    rows += [(f"stage {name}", f"{steps} steps", seconds) for name, steps, seconds in run["stages"]]
+    steps = sum(s[1] for s in run["stages"])
+    rows += [("evaluate after", "", t["evaluate_after_s"]),
+             ("edit total (excl. load)", f"{steps} steps", t["total_s"]),
+             ("edit total without evaluation", "", t["total_s"] - t["evaluate_before_s"] - t["evaluate_after_s"])]
+    return rows
+
+
+def median_rows(runs: list[dict]) -> list[tuple[str, str, float]]:
+    tables = [phases(r) for r in runs]
+    return [(name, work, statistics.median(t[i][2] for t in tables)) for i, (name, work, _) in enumerate(tables[0])]
 
 
 def main() -> None:
@@ -20,29 +76,46 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--request", type=int, default=0, help="index of the built-in demo request")
     parser.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--against", default=None, help="a git ref to time the same edit on")
     args = parser.parse_args()
 
-    tick = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
-    load_s = time.perf_counter() - tick
-    request = demo_requests()[args.request]
-    result = edit(model, tokenizer, request)
-    t = result.timings
-    rows = [("load model (safetensors cache)", "", load_s),
-            ("evaluate before (probes + control facts)", "", t["evaluate_before_s"]),
-            ("localize (attribution patching)", f"{result.localization.passes} passes", t["localize_s"]),
-            ("prepare (prefixes, retain set, model copy)", "", t["prepare_s"])]
-    for stage in result.outcome.stages:
-        rows.append((f"stage {stage.name}", f"{stage.steps} steps", stage.seconds))
-    rows += [("evaluate after", "", t["evaluate_after_s"]),
-             ("edit total (excl. load)", f"{result.outcome.steps} steps", t["total_s"]),
-             ("edit total without evaluation", "", t["total_s"] - t["evaluate_before_s"] - t["evaluate_after_s"])]
-    print(f"\nEdit: {request.subject}: {request.old_object} -> {request.new_object}  "
-          f"(components: {', '.join(c.name for c in result.components)})\n")
-    print("| phase | work | seconds |\n|---|---|---:|")
-    for name, work, seconds in rows:
-        print(f"| {name} | {work} | {seconds:.1f} |")
-    m = result.metrics
+    new_runs, old_runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        old_src = None
+        if args.against:
+            tree = Path(tmp) / "against"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.against],
+                           check=True, capture_output=True)
+            old_src = tree / "src"
+        try:
+            for repeat in range(args.repeats):
+                new_runs.append(run_child(ROOT / "src", args))
+                if old_src:
+                    old_runs.append(run_child(old_src, args))
+                print(f"run {repeat + 1}/{args.repeats}: {new_runs[-1]['timings']['total_s']:.1f} s"
+                      + (f" (against: {old_runs[-1]['timings']['total_s']:.1f} s)" if old_src else ""),
+                      file=sys.stderr, flush=True)
+        finally:
+            if old_src:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+    last = new_runs[-1]
+    print(f"\nEdit: request {args.request}, components {', '.join(last['components'])}; "
+          f"median of {args.repeats} runs, each in a fresh process\n")
+    new = median_rows(new_runs)
+    if old_runs:
+        old = median_rows(old_runs)
+        print(f"| phase | work | seconds | {args.against}: work | {args.against}: seconds | ratio |")
+        print("|---|---|---:|---|---:|---:|")
+        for (name, work, seconds), (_, old_work, old_seconds) in zip(new, old, strict=False):
+            ratio = f"{seconds / old_seconds:.2f}" if old_seconds else "-"
+            print(f"| {name} | {work} | {seconds:.1f} | {old_work} | {old_seconds:.1f} | {ratio} |")
+    else:
+        print("| phase | work | seconds |\n|---|---|---:|")
+        for name, work, seconds in new:
+            print(f"| {name} | {work} | {seconds:.1f} |")
+    m = last["metrics"]
     print(f"\nnew-fact {m['new_fact_accuracy']:.2f}, held-out paraphrases {m['paraphrase_accuracy']:.2f}, "
           f"forget {m['forget_rate']:.2f}, F_control {m['f_control']:.2f}")
 

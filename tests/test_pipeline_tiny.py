@@ -184,7 +184,7 @@ def test_sibling_subjects_share_the_first_or_last_word():
 
 
 def test_leak_term_counts_only_rises_of_the_watched_tokens():
-    from circuitedit.edit.training import RetainSet
+    from circuitedit.edit.retain import RetainSet
 
     model, tokenizer = tiny_model(FAMILY, seed=SEED)
     retain = RetainSet.from_model(model, tokenizer, ["The Louvre is in", "Bees make", "Water is"])
@@ -206,7 +206,7 @@ def test_leak_term_counts_only_rises_of_the_watched_tokens():
 def test_retain_terms_have_zero_gradient_on_the_reference_model():
     """Why train_stage may skip the retain forward at step 0 when it starts at the reference."""
     from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-    from circuitedit.edit.training import RetainSet
+    from circuitedit.edit.retain import RetainSet
 
     model, tokenizer = tiny_model(FAMILY, seed=SEED)
     model = model.float()

@@ -10,7 +10,8 @@ from . import (
     unlearn_then_learn,  # noqa: F401  (registration side effect)
 )
 from .base import EDITORS, AdapterArtifact, EditorConfig, EditOutcome, TrainingContext, get_editor
-from .training import RetainSet, StageConfig, StageLog
+from .retain import RetainSet
+from .training import StageConfig, StageLog
 
 __all__ = [
     "EDITORS",

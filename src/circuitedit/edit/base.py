@@ -14,7 +14,8 @@ from torch import nn
 
 from ..models.components import Component
 from ..requests import EditRequest
-from .training import RetainSet, StageConfig, StageLog
+from .retain import RetainSet
+from .training import StageConfig, StageLog
 
 
 @dataclass

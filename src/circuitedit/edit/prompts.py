@@ -96,8 +96,10 @@ def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
     old_prob, top_prob = torch.zeros(len(prompts)), torch.zeros(len(prompts))
     for indices, logits in iter_last_token_logits(model, tokenizer, prompts, batch_size=64):
-        logprobs = logits.float().log_softmax(-1).cpu()  # (batch, V)
-        old_prob[indices], top_prob[indices] = logprobs[:, old_token].exp(), logprobs.max(-1).values.exp()
+        # Two entries of each softmax row, without writing the (batch, V) log-softmax out.
+        norm = torch.logsumexp(logits, -1)  # (batch,)
+        old_prob[indices] = (logits[:, old_token] - norm).exp().cpu()
+        top_prob[indices] = (logits.max(-1).values - norm).exp().cpu()
     hard = old_prob[: len(others)].argsort(descending=True)[:count].tolist()
     close = (len(others) + old_prob[len(others):].argsort(descending=True)[:siblings]).tolist()
     confident = [i for i in top_prob[: len(others)].argsort(descending=True).tolist() if i not in hard]

@@ -1,0 +1,123 @@
+"""The development edits that choose the defaults: the built-in demo edits plus CounterFact facts
+the model knows, taken from the *end* of the file so they never overlap the benchmark (which
+takes facts from the start).
+
+    python benchmarks/dev_edits.py ../shared/data/counterfact/counterfact-rome-train.json \
+        [--n-counterfact 6] [--set editor.learn.lr=0.03 ...] [--label NAME] [--out runs/dev.jsonl]
+
+Prints one row per edit and the means: held-out paraphrase accuracy, forget rate, F_control,
+neighbourhood accuracy, CounterFact neighbourhood specificity (P(true) > P(new)), steps and
+seconds per edit. `--set` overrides any EditConfig field by its dotted path. With `--out`,
+each edit's record is appended (JSONL) and `--table-only` prints the table of a label from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from statistics import mean
+
+from circuitedit import EditConfig, edit, load_model
+from circuitedit.evaluate.bench.measures import neighbourhood_specificity
+from circuitedit.evaluate.bench.selection import knows
+from circuitedit.evaluate.datasets import load_requests
+from circuitedit.evaluate.facts import demo_requests
+from circuitedit.evaluate.scoring import TargetTokenizationError
+from circuitedit.pipeline import check_request
+
+COLUMNS = ("paraphrase_accuracy", "forget_rate", "f_control", "neighbourhood_accuracy",
+           "neighbourhood_specificity", "steps", "seconds")
+
+
+def apply_overrides(config: EditConfig, assignments: list[str]) -> EditConfig:
+    data = config.to_dict()
+    for assignment in assignments:
+        path, _, text = assignment.partition("=")
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        if leaf not in node:
+            raise SystemExit(f"--set {assignment}: no field {path!r} in EditConfig")
+        node[leaf] = json.loads(text) if text not in ("", "None") else None
+    return EditConfig.from_dict(data)
+
+
+def counterfact_tail(model, tokenizer, path: str, count: int) -> list:
+    """The last `count` records of the file that the unedited model knows."""
+    requests = load_requests(path, "counterfact-rome")
+    kept = []
+    for request in reversed(requests):
+        if len(kept) == count:
+            break
+        try:
+            check_request(tokenizer, request)
+        except TargetTokenizationError:
+            continue
+        if knows(model, tokenizer, [request], "counterfact-rome")[0]:
+            kept.append(request)
+    return kept
+
+
+def record_for(label: str, result, specificity) -> dict:
+    m = result.metrics
+    return {"label": label, "subject": result.request.subject,
+            **{k: m.get(k) for k in COLUMNS[:4]}, "neighbourhood_specificity": specificity,
+            "steps": result.outcome.steps, "seconds": result.timings["total_s"],
+            "stage_steps": {s.name: s.steps for s in result.outcome.stages}}
+
+
+def print_table(records: list[dict]) -> None:
+    print("| subject | " + " | ".join(COLUMNS) + " |")
+    print("|---" * (len(COLUMNS) + 1) + "|")
+    for r in records:
+        cells = ["-" if r[c] is None else f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
+        print(f"| {r['subject']} | " + " | ".join(cells) + " |")
+    means = []
+    for c in COLUMNS:
+        values = [r[c] for r in records if r[c] is not None]
+        means.append(f"{mean(values):.3f}" if values else "-")
+    print("| **mean** | " + " | ".join(means) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("counterfact", nargs="?", help="counterfact-rome-train.json (ROME schema)")
+    parser.add_argument("--n-counterfact", type=int, default=6)
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=JSON")
+    parser.add_argument("--label", default="default")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+
+    if args.table_only:
+        records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        print_table([r for r in records if r["label"] == args.label])
+        return
+    config = apply_overrides(EditConfig(), args.set)
+    model, tokenizer = load_model(args.model)
+    requests = list(demo_requests())
+    if args.counterfact:
+        requests += counterfact_tail(model, tokenizer, args.counterfact, args.n_counterfact)
+    records = []
+    for request in requests:
+        tick = time.perf_counter()
+        result = edit(model, tokenizer, request, config)
+        specificity = neighbourhood_specificity(result.model, tokenizer, request)
+        record = record_for(args.label, result, specificity)
+        records.append(record)
+        print(f"{request.subject}: {json.dumps({k: record[k] for k in COLUMNS})} "
+              f"({time.perf_counter() - tick:.0f} s)", flush=True)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+    print(f"\n{args.label}: {', '.join(args.set) or 'defaults'}\n")
+    print_table(records)
+
+
+if __name__ == "__main__":
+    main()
