@@ -4,6 +4,7 @@ takes facts from the start).
 
     python benchmarks/dev_edits.py ../shared/data/counterfact/counterfact-rome-train.json \
         [--n-counterfact 6] [--set editor.learn.lr=0.03 ...] [--label NAME] [--out runs/dev.jsonl]
+        [--skip-counterfact K] [--no-demo]
 
 Prints one row per edit and the means: held-out paraphrase accuracy, forget rate, F_control,
 neighbourhood accuracy, CounterFact neighbourhood specificity (P(true) > P(new)), steps and
@@ -86,6 +87,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("counterfact", nargs="?", help="counterfact-rome-train.json (ROME schema)")
     parser.add_argument("--n-counterfact", type=int, default=6)
+    parser.add_argument("--skip-counterfact", type=int, default=0,
+                        help="leave out the first K of those facts (to extend an earlier run)")
+    parser.add_argument("--no-demo", action="store_true", help="CounterFact facts only")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=JSON")
     parser.add_argument("--label", default="default")
     parser.add_argument("--out", type=Path, default=None)
@@ -99,9 +103,9 @@ def main() -> None:
         return
     config = apply_overrides(EditConfig(), args.set)
     model, tokenizer = load_model(args.model)
-    requests = list(demo_requests())
+    requests = [] if args.no_demo else list(demo_requests())
     if args.counterfact:
-        requests += counterfact_tail(model, tokenizer, args.counterfact, args.n_counterfact)
+        requests += counterfact_tail(model, tokenizer, args.counterfact, args.n_counterfact)[args.skip_counterfact:]
     records = []
     for request in requests:
         tick = time.perf_counter()

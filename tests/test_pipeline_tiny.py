@@ -218,3 +218,23 @@ def test_retain_terms_have_zero_gradient_on_the_reference_model():
     (kl + leak).backward()
     grads = [p.grad for p in ia3_vectors(peft_model).values()]
     assert grads and all(g is not None and float(g.abs().max()) < 1e-5 for g in grads)
+
+
+def test_a_control_baseline_taken_once_measures_what_each_edit_would():
+    """Many edits of one model (CLI --requests, bench) take the control snapshot once."""
+    from circuitedit.evaluate.facts import control_facts
+    from circuitedit.evaluate.runner import control_snapshot
+
+    model, tokenizer = tiny_model(FAMILY, SEED)
+    model = model.float()
+    config = small_config()
+    request = EditRequest(**REQUEST)
+    own = edit(model, tokenizer, request, config)
+    baseline = control_snapshot(model, tokenizer, request, control_facts(), config.evaluate)
+    shared = edit(model, tokenizer, request, config, control_baseline=baseline)
+    assert len(shared.rows) == len(own.rows)
+    for a, b in zip(shared.rows, own.rows, strict=True):  # margins: batch composition moves the last bits
+        expected = None if b.margin_before is None else pytest.approx(b.margin_before, abs=1e-4)
+        assert a.margin_before == expected
+        assert {**a.to_dict(), "margin_before": None} == {**b.to_dict(), "margin_before": None}
+    assert shared.metrics == own.metrics

@@ -89,15 +89,20 @@ def requests_from_args(args):
 
 
 def run_edits(args, requests, console: Console) -> int:
+    from .evaluate.facts import control_facts
+    from .evaluate.runner import control_snapshot
     from .models import load_model
     from .pipeline import edit
     from .report import print_edit, write_edit_outputs
 
     config = build_config(args)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    # Every edit starts from the same unedited model: its control answers are taken once.
+    baseline = (control_snapshot(loaded.model, loaded.tokenizer, requests[0], control_facts(), config.evaluate)
+                if len(requests) > 1 else None)
     outputs = []
     for index, request in enumerate(requests):
-        result = edit(loaded.model, loaded.tokenizer, request, config)
+        result = edit(loaded.model, loaded.tokenizer, request, config, control_baseline=baseline)
         data = result.to_dict()
         data["model"] = loaded.name
         if args.out:

@@ -58,6 +58,13 @@ def probes_for(request: EditRequest, controls: list[Fact], tokenizer) -> list[Pr
     return probes
 
 
+def control_snapshot(model, tokenizer, request: EditRequest, controls: list[Fact], config: EvalConfig) -> Snapshot:
+    """The control facts on the unedited model, taken once for many edits of that model
+    (`edit(..., control_baseline=)`): they are the same for every request."""
+    probes = [Probe("control", f.prompt, f.answer) for f in controls]
+    return take_snapshot(model, tokenizer, request, probes, config, kinds={"control"}, margins=True)
+
+
 def take_snapshot(model, tokenizer, request: EditRequest, probes: list[Probe], config: EvalConfig,
                   kinds: set[str] | None = None, margins: bool = False) -> Snapshot:
     """Greedy continuations of every probe (of `kinds`, if given) and efficacy log-probs;

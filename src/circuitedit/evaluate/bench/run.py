@@ -17,7 +17,7 @@ from ..datasets import SPORTS, load_requests
 from ..facts import Fact, control_facts, controls_for
 from ..fluency import perplexity
 from ..multiple_choice import choice_set, distractors_for
-from ..runner import Probe, take_snapshot
+from ..runner import control_snapshot
 from .audits import audit_result
 from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
 from .measures import fact_measures
@@ -114,9 +114,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     write_text_atomic(out / "bench.json", json.dumps({"config": config.to_dict(), "model": loaded.name,
                                                       "selection": selection.to_dict(),
                                                       "base_perplexity": base_ppl}, indent=2) + "\n")
-    control_probes = [Probe("control", f.prompt, f.answer) for f in controls]
-    control_baseline = take_snapshot(model, tokenizer, requests[selection.kept[0]], control_probes,
-                                     config.edit.evaluate, kinds={"control"}, margins=True)
+    control_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], controls, config.edit.evaluate)
 
     pairs = plan(config.methods, config.localizers)
     done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}
