@@ -8,8 +8,10 @@ takes facts from the start).
 
 Prints one row per edit and the means: held-out paraphrase accuracy, forget rate, F_control,
 neighbourhood accuracy, CounterFact neighbourhood specificity (P(true) > P(new)), steps and
-seconds per edit. `--set` overrides any EditConfig field by its dotted path. With `--out`,
-each edit's record is appended (JSONL) and `--table-only` prints the table of a label from it.
+seconds per edit. `--set` overrides any EditConfig field by its dotted path; each `--variant`
+edits every fact once more with its own overrides, right after the first, so timings compare
+within one run. With `--out`, each edit's record is appended (JSONL) and `--table-only` prints
+the table of a label from it.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ def main() -> None:
     parser.add_argument("--no-demo", action="store_true", help="CounterFact facts only")
     parser.add_argument("--set", action="append", default=[], metavar="PATH=JSON")
     parser.add_argument("--label", default="default")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:PATH=JSON;PATH=JSON",
+                        help="also edit each fact with these overrides (on top of --set), right after "
+                             "the --label run of the same fact, so that timings are compared in one run")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--model", default=None)
@@ -101,26 +106,33 @@ def main() -> None:
         records = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
         print_table([r for r in records if r["label"] == args.label])
         return
-    config = apply_overrides(EditConfig(), args.set)
+    variants = {args.label: apply_overrides(EditConfig(), args.set)}
+    for spec in args.variant:
+        label, _, assignments = spec.partition(":")
+        variants[label] = apply_overrides(EditConfig(), args.set + [a for a in assignments.split(";") if a])
     model, tokenizer = load_model(args.model)
     requests = [] if args.no_demo else list(demo_requests())
     if args.counterfact:
         requests += counterfact_tail(model, tokenizer, args.counterfact, args.n_counterfact)[args.skip_counterfact:]
-    records = []
+    records: dict[str, list[dict]] = {label: [] for label in variants}
     for request in requests:
-        tick = time.perf_counter()
-        result = edit(model, tokenizer, request, config)
-        specificity = neighbourhood_specificity(result.model, tokenizer, request)
-        record = record_for(args.label, result, specificity)
-        records.append(record)
-        print(f"{request.subject}: {json.dumps({k: record[k] for k in COLUMNS})} "
-              f"({time.perf_counter() - tick:.0f} s)", flush=True)
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            with args.out.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-    print(f"\n{args.label}: {', '.join(args.set) or 'defaults'}\n")
-    print_table(records)
+        for label, config in variants.items():
+            tick = time.perf_counter()
+            result = edit(model, tokenizer, request, config)
+            specificity = neighbourhood_specificity(result.model, tokenizer, request)
+            record = record_for(label, result, specificity)
+            records[label].append(record)
+            print(f"[{label}] {request.subject}: {json.dumps({k: record[k] for k in COLUMNS})} "
+                  f"({time.perf_counter() - tick:.0f} s)", flush=True)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                with args.out.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+    for label in variants:
+        overrides = args.set + next((s.partition(":")[2].split(";") for s in args.variant
+                                     if s.partition(":")[0] == label), [])
+        print(f"\n{label}: {', '.join(o for o in overrides if o) or 'defaults'}\n")
+        print_table(records[label])
 
 
 if __name__ == "__main__":

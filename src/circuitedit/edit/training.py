@@ -50,9 +50,14 @@ class StageConfig:
     # Adam moves every coordinate by ~lr regardless of its gradient, so without this mask an IA3
     # vector drifts everywhere and drags unrelated facts along (None trains all units).
     unit_fraction: float | None = None
-    retain_batch: int = 16  # retain prompts per step, taken in turn: all are seen every few steps
-    # Recompute the retain terms' gradient every this many steps, reusing it in between.
-    retain_every: int = 1
+    # Rotating retain prompts per evaluation of the retain terms, taken in turn (the pinned
+    # same-template neighbours are in every one), and how often those terms are evaluated: every
+    # `retain_every` steps, their gradient extrapolated in between (RetainTerm). Their forward
+    # and backward is most of a step. On 22 dev edits (README), 8 prompts every 2 steps against
+    # 16 every step: 40.7 steps against 35.8, each far cheaper; held-out paraphrases 0.55 vs 0.52,
+    # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
+    retain_batch: int = 8
+    retain_every: int = 2
 
 
 @dataclass
