@@ -40,6 +40,9 @@ def test_adapter_module_names_exist(models, family):
             assert f"{adapter.layer_name(layer)}.{rel}" in names, rel
         assert adapter.module_name(Component(layer, HEAD, 0)) == adapter.attn_out_name(layer)
         assert adapter.module_name(Component(layer, MLP)) == adapter.mlp_out_name(layer)
+    # PEFT's fan_in_fan_out: every weight the editors touch is stored (in, out) exactly when it says.
+    for name in adapter.weight_targets(adapter.all_layer_components(model)):
+        assert isinstance(model.get_submodule(name), Conv1D) == adapter.weights_transposed, name
 
 
 @pytest.mark.parametrize("family", FAMILIES)

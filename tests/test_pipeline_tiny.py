@@ -183,6 +183,7 @@ def test_sibling_subjects_share_the_first_or_last_word():
     assert sibling_subjects("Paris", pool) == []
 
 
+@torch.no_grad()  # values only
 def test_leak_term_counts_only_rises_of_the_watched_tokens():
     from circuitedit.edit.retain import RetainSet
 

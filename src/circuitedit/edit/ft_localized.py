@@ -30,11 +30,10 @@ def head_masks(model: nn.Module, adapter: ArchitectureAdapter, components: Seque
     for layer, selected in heads.items():
         name = adapter.attn_out_name(layer)
         weight = model.get_submodule(name).weight
-        conv1d = hasattr(model.get_submodule(name), "nx")  # GPT-2 Conv1D: weight is (in, out)
         mask = torch.zeros_like(weight, dtype=torch.bool)
         for head in selected:
             cols = slice(head * width, (head + 1) * width)
-            if conv1d:
+            if adapter.weights_transposed:  # (in, out): a head's inputs are rows
                 mask[cols, :] = True
             else:
                 mask[:, cols] = True

@@ -22,7 +22,8 @@ def attach_ia3(
     heads; a gradient mask keeps the unselected heads' slices at exactly 1.
     """
     targets, feedforward = adapter.ia3_targets(components, mlp_scaling)
-    config = IA3Config(target_modules=targets, feedforward_modules=feedforward, init_ia3_weights=True)
+    config = IA3Config(target_modules=targets, feedforward_modules=feedforward, init_ia3_weights=True,
+                       fan_in_fan_out=adapter.weights_transposed)
     peft_model = get_peft_model(model, config)
     mask_unselected_heads(peft_model, adapter, components)
     return peft_model

@@ -29,9 +29,8 @@ def lora_localized(model, tokenizer, request, components, context, config, progr
     adapter = get_adapter(model)
     masks = head_masks(model, adapter, components)
     targets = adapter.weight_targets(components)
-    conv1d = hasattr(model.get_submodule(targets[0]), "nx")  # GPT-2 Conv1D stores weights (in, out)
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=targets, bias="none",
-                      fan_in_fan_out=conv1d)
+                      fan_in_fan_out=adapter.weights_transposed)
     peft_model = get_peft_model(model, lora)
     base = peft_model.get_base_model()
     params, effective = [], 0

@@ -28,6 +28,8 @@ class ArchitectureAdapter:
     attn_in: tuple[str, ...]  # q/k/v projections (one fused module for phi3/gpt2)
     mlp_in: tuple[str, ...]  # up/gate projections (one fused module for phi3)
     heads_attr: str = "num_attention_heads"
+    # Linear weights stored (in, out), as transformers' Conv1D (GPT-2) does: PEFT's fan_in_fan_out.
+    weights_transposed: bool = False
 
     # ---- names -------------------------------------------------------------------------
     def layer_name(self, layer: int) -> str:

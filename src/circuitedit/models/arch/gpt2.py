@@ -1,6 +1,6 @@
 from .base import ArchitectureAdapter
 
-# GPT-2 uses transformers' Conv1D (weight stored as (in, out)); PEFT's IA3 handles it.
+# GPT-2 uses transformers' Conv1D, its weight stored as (in, out).
 ADAPTER = ArchitectureAdapter(
     family="gpt2",
     model_types=("gpt2",),
@@ -10,4 +10,5 @@ ADAPTER = ArchitectureAdapter(
     attn_in=("attn.c_attn",),
     mlp_in=("mlp.c_fc",),
     heads_attr="n_head",
+    weights_transposed=True,
 )
