@@ -185,7 +185,7 @@ def test_sibling_subjects_share_the_first_or_last_word():
 
 @torch.no_grad()  # values only
 def test_leak_term_counts_only_rises_of_the_watched_tokens():
-    from circuitedit.edit.retain import RetainSet
+    from circuitedit.edit.retain import LEAK_TOLERANCE, RetainSet
 
     model, tokenizer = tiny_model(FAMILY, seed=SEED)
     retain = RetainSet.from_model(model, tokenizer, ["The Louvre is in", "Bees make", "Water is"])
@@ -197,11 +197,13 @@ def test_leak_term_counts_only_rises_of_the_watched_tokens():
     _, leak = retain.kl_and_leak(model, watched=watched)
     change = retain.logprobs(model)[:, watched] - retain.reference_logprobs[:, watched]
     assert float(change.min()) < 0 < float(change.max())
-    assert float(leak) == pytest.approx(float(change.clamp(min=0).mean()), rel=1e-4)  # falls cost nothing
+    # falls cost nothing; rises count above the rounding tolerance
+    assert float(leak) == pytest.approx(float((change - LEAK_TOLERANCE).clamp(min=0).mean()), rel=1e-4)
     kl, _ = retain.kl_and_leak(model, rows=torch.tensor([2, 0]))
     reference = retain.reference_logprobs[[2, 0]]
     direct = (reference.exp() * (reference - retain.logprobs(model, torch.tensor([2, 0])))).sum(-1).mean()
-    assert float(kl) == pytest.approx(float(direct), rel=1e-4) and float(kl) > 0
+    # kl_and_leak sums entropy, cross term and lse separately (values ~1): fp32 leaves ~1e-6.
+    assert float(kl) == pytest.approx(float(direct), rel=1e-4, abs=2e-6) and float(kl) > 0
 
 
 def test_retain_terms_have_zero_gradient_on_the_reference_model():

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..evaluate.scoring import input_device, iter_last_token_logits, prompt_and_target_ids
+from ..evaluate.scoring import input_device, iter_last_token_hidden, prompt_and_target_ids
 from ..requests import EditRequest
+from .head_loss import head_reductions
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
 
@@ -95,11 +96,11 @@ def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str
     prompts = [fill_without_double_article(request, s) for s in others + made_up]
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
     old_prob, top_prob = torch.zeros(len(prompts)), torch.zeros(len(prompts))
-    for indices, logits in iter_last_token_logits(model, tokenizer, prompts, batch_size=64):
-        # Two entries of each softmax row, without writing the (batch, V) log-softmax out.
-        norm = torch.logsumexp(logits, -1)  # (batch,)
-        old_prob[indices] = (logits[:, old_token] - norm).exp().cpu()
-        top_prob[indices] = (logits.max(-1).values - norm).exp().cpu()
+    for indices, hidden in iter_last_token_hidden(model, tokenizer, prompts, batch_size=64):
+        # Two entries of each softmax row, without writing the (batch, V) logits out.
+        head = head_reductions(model, hidden, torch.full((len(indices), 1), old_token))
+        old_prob[indices] = head.log_probs()[:, 0].exp().cpu()
+        top_prob[indices] = (head.top_values[:, 0] - head.lse).exp().cpu()
     hard = old_prob[: len(others)].argsort(descending=True)[:count].tolist()
     close = (len(others) + old_prob[len(others):].argsort(descending=True)[:siblings]).tolist()
     confident = [i for i in top_prob[: len(others)].argsort(descending=True).tolist() if i not in hard]

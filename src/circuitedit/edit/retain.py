@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
+from .head_loss import head_reductions
 
 # What one more forward pass costs, in padded tokens: measured on 2 CPU cores (Gemma-3-270M,
 # bf16) a forward+backward costs ~1.7 ms a token and ~50 ms a pass (per-op dispatch, weights read).
 FORWARD_OVERHEAD_TOKENS = 32
+# Rises of a watched log-probability up to this many nats are rounding, not leaks: the current
+# log-probabilities come from chunked sums and other batch compositions than the reference's, so
+# at the reference model they differ from it by ~1e-6 either way, and a hinge at exactly 0 would
+# turn that noise into gradient (which Adam would then scale up to full-size steps).
+LEAK_TOLERANCE = 1e-4
 
 
 def length_buckets(lengths: Sequence[int], overhead: int = FORWARD_OVERHEAD_TOKENS) -> list[list[int]]:
@@ -52,6 +58,7 @@ class RetainSet:
     reference_logprobs: torch.Tensor  # (R, V) from the unedited model
     prompts: list[str]
     pinned: int = 0  # the first `pinned` prompts are in every step's batch
+    reference_negative_entropy: torch.Tensor | None = None  # (R,) sum_v p_ref log p_ref
 
     @classmethod
     @torch.no_grad()
@@ -70,10 +77,11 @@ class RetainSet:
         last = torch.tensor([len(r) - 1 for r in ids], device=device)
         retain = cls(input_ids, mask, last, torch.empty(0), list(prompts), pinned)
         retain.reference_logprobs = retain.logprobs(model).detach()
+        retain.reference_negative_entropy = (retain.reference_logprobs.exp() * retain.reference_logprobs).sum(-1)
         return retain
 
-    def logits(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(R', V) fp32 next-token logits of the prompts in `rows` (all by default)."""
+    def last_hidden(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', H) final hidden states at the last token of the prompts in `rows` (all by default)."""
         rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
         lengths = (self.last[rows] + 1).tolist()
         parts, positions = [], []
@@ -86,7 +94,11 @@ class RetainSet:
             positions += bucket
         order = torch.empty(len(positions), dtype=torch.long)
         order[torch.tensor(positions)] = torch.arange(len(positions))
-        return logits_from_hidden(model, torch.cat(parts)[order.to(parts[0].device)])
+        return torch.cat(parts)[order.to(parts[0].device)]
+
+    def logits(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(R', V) fp32 next-token logits of the prompts in `rows` (all by default)."""
+        return logits_from_hidden(model, self.last_hidden(model, rows))
 
     def logprobs(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(R', V) next-token log-probs of the prompts in `rows` (all by default)."""
@@ -104,13 +116,20 @@ class RetainSet:
     def kl_and_leak(self, model: nn.Module, rows: torch.Tensor | None = None,
                     watched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean KL(original || current) over the prompts in `rows`, and the mean rise (hinge) of
-        the `watched` tokens' log-probabilities over their original values (0 without any)."""
+        the `watched` tokens' log-probabilities over their original values (0 without any).
+
+        From the head's chunked reductions, never the (R', V) log-softmax:
+        KL = sum_v p_ref log p_ref - sum_v p_ref z_v + (sum_v p_ref) logsumexp(z)."""
         rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
-        current = self.logprobs(model, rows)  # (R', V)
-        ref = self.reference_logprobs[rows.to(self.reference_logprobs.device)].to(current.device)
-        kl = (ref.exp() * (ref - current)).sum(-1).mean()
-        if watched is None or watched.numel() == 0:
+        hidden = self.last_hidden(model, rows)  # (R', H)
+        watched = torch.zeros(0, dtype=torch.long) if watched is None else watched
+        pick = watched.to(hidden.device)[None, :].expand(len(rows), -1)  # (R', W)
+        out = head_reductions(model, hidden, pick, self.reference_logprobs, rows)
+        ref_rows = rows.to(self.reference_logprobs.device)
+        negative_entropy = self.reference_negative_entropy[ref_rows].to(out.lse.device)
+        kl = (negative_entropy - out.weighted + out.weight_mass * out.lse).mean()
+        if watched.numel() == 0:
             return kl, kl.new_zeros(())
-        watched = watched.to(current.device)
-        rise = current[:, watched].float() - ref[:, watched].float()  # (R', W)
-        return kl, torch.relu(rise).mean()
+        reference = self.reference_logprobs[ref_rows[:, None], watched.to(ref_rows.device)[None, :]]  # (R', W)
+        rise = out.log_probs() - reference.to(out.lse.device)
+        return kl, torch.relu(rise - LEAK_TOLERANCE).mean()

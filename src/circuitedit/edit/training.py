@@ -17,13 +17,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..evaluate.scoring import (
-    TeacherForcedBatch,
-    build_batch,
-    hidden_states,
-    input_device,
-    logits_from_hidden,
-)
+from ..evaluate.scoring import TeacherForcedBatch, build_batch, hidden_states, input_device
+from .head_loss import head_reductions
 from .retain import RetainSet
 
 
@@ -74,13 +69,6 @@ class StageLog:
         data["final_loss"] = self.losses[-1] if self.losses else None
         data.pop("losses")
         return data
-
-
-def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(N,) target logit minus the best other logit."""
-    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
-    others = logits.scatter(1, targets[:, None], float("-inf"))
-    return target_logit - others.max(-1).values
 
 
 def restrict_to_top_units(params: Sequence[nn.Parameter], fraction: float) -> None:
@@ -189,23 +177,24 @@ def train_stage(
     if starts_at_reference:
         retain_term.known_zero()
     model.train(False)  # no dropout: edits must be deterministic
+    targets_dev = batch.targets.to(device)
+    pick = targets_dev[:, None] if suppress_token is None else torch.stack(
+        [targets_dev, torch.full_like(targets_dev, suppress_token)], 1)  # (N, 1 or 2): target, old object
     for step in range(config.max_steps + 1):
         hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
-        logits = logits_from_hidden(model, hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)])
-        targets_dev = batch.targets.to(logits.device)
+        head = head_reductions(model, hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)], pick)
+        first = first_positions.to(head.lse.device)
         with torch.no_grad():
-            reached = bool((margins(logits, targets_dev) >= config.margin).all())
+            reached = bool((head.margins(0) >= config.margin).all())
             if suppress_token is not None:
-                first_logits = logits[first_positions.to(logits.device)]  # (P, V)
-                target_logit = first_logits.gather(1, targets_dev[first_positions.to(logits.device)][:, None])
-                gap = target_logit.squeeze(1) - first_logits[:, suppress_token]
+                gap = head.picked[first, 0] - head.picked[first, 1]
                 reached = reached and bool((gap >= config.old_gap).all())
         if (reached and step >= config.min_steps) or step == config.max_steps:
             log.converged = reached
             break
-        loss = torch.nn.functional.cross_entropy(logits, targets_dev)
+        loss = (head.lse - head.picked[:, 0]).mean()  # cross-entropy of the target tokens
         if suppress_token is not None and config.suppress_weight:
-            p_old = torch.softmax(logits[first_positions.to(logits.device)], -1)[:, suppress_token]
+            p_old = (head.picked[first, 1] - head.lse[first]).exp()
             loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -164,13 +164,12 @@ def object_logprobs(
 
 
 @torch.no_grad()
-def iter_last_token_logits(
+def iter_last_token_hidden(
     model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """(indices into `prompts`, (len(indices), V) next-token logits) per batch.
+    """(indices into `prompts`, (len(indices), H) final hidden states at their last token) per batch.
 
-    Prompts are batched by length, so short prompts are not padded to the longest one; a caller
-    that reduces each batch never holds the whole (P, V) matrix (314 x 262k floats is 330 MB).
+    Prompts are batched by length, so short prompts are not padded to the longest one.
     """
     device = input_device(model)
     encoded = [encode_text(tokenizer, p) for p in prompts]
@@ -184,7 +183,16 @@ def iter_last_token_logits(
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
         hidden = hidden_states(model, input_ids, mask)
         last = torch.tensor([len(r) - 1 for r in ids], device=hidden.device)
-        yield indices, logits_from_hidden(model, hidden[torch.arange(len(ids), device=hidden.device), last])
+        yield indices, hidden[torch.arange(len(ids), device=hidden.device), last]
+
+
+def iter_last_token_logits(
+    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """(indices into `prompts`, (len(indices), V) next-token logits) per batch; a caller that
+    reduces each batch never holds the whole (P, V) matrix (314 x 262k floats is 330 MB)."""
+    for indices, hidden in iter_last_token_hidden(model, tokenizer, prompts, batch_size):
+        yield indices, logits_from_hidden(model, hidden)
 
 
 @torch.no_grad()

@@ -1,0 +1,61 @@
+"""Chunked LM-head reductions: the same values and gradients as the full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitedit.edit import head_loss
+from circuitedit.edit.head_loss import head_reductions
+from circuitedit.evaluate.scoring import logits_from_hidden
+from tiny import FAMILIES, tiny_model
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chunked_reductions_match_the_full_logits(family, softcap, monkeypatch):
+    monkeypatch.setattr(head_loss, "CHUNK_COLUMNS", 7)  # many chunks, the last one ragged
+    model, _ = tiny_model(family)
+    model.config.final_logit_softcapping = softcap
+    vocab = model.get_output_embeddings().weight.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, model.get_output_embeddings().weight.shape[1], generator=generator)
+    pick = torch.randint(0, vocab, (5, 3), generator=generator)
+    pick[0, 0] = logits_from_hidden(model, hidden[:1]).argmax()  # one pick is its row's argmax
+    reference = torch.log_softmax(torch.randn(4, vocab, generator=generator), -1)
+    weight_rows = torch.tensor([3, 0, 1, 1, 2])
+    coefficients = torch.randn(5, 3, generator=generator), torch.randn(5, generator=generator)
+
+    def loss_of(lse, picked, weighted):
+        return (lse * coefficients[1]).sum() + (picked * coefficients[0]).sum() + weighted.square().sum()
+
+    full_hidden = hidden.clone().requires_grad_(True)
+    logits = logits_from_hidden(model, full_hidden)  # (5, V)
+    full = (logits.logsumexp(-1), logits.gather(1, pick), (reference[weight_rows].exp() * logits).sum(-1))
+    loss_of(*full).backward()
+
+    chunked_hidden = hidden.clone().requires_grad_(True)
+    out = head_reductions(model, chunked_hidden, pick, reference, weight_rows)
+    loss_of(out.lse, out.picked, out.weighted).backward()
+
+    for mine, theirs in zip((out.lse, out.picked, out.weighted), full, strict=True):
+        torch.testing.assert_close(mine, theirs.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.weight_mass, reference[weight_rows].exp().sum(-1))
+    torch.testing.assert_close(chunked_hidden.grad, full_hidden.grad, rtol=1e-4, atol=1e-5)
+    top = logits.detach().topk(2, -1)
+    torch.testing.assert_close(out.top_values, top.values)
+    assert out.top_index.tolist() == top.indices[:, 0].tolist()
+    for column in range(3):
+        target = logits.detach().gather(1, pick[:, column:column + 1]).squeeze(1)
+        others = logits.detach().scatter(1, pick[:, column:column + 1], float("-inf")).max(-1).values
+        torch.testing.assert_close(out.margins(column), target - others)
+    assert float(out.margins(0)[0]) > 0  # the argmax pick leads the rest
+
+
+def test_without_weights_there_is_no_weighted_sum():
+    model, _ = tiny_model("llama")
+    hidden = torch.randn(2, model.config.hidden_size, requires_grad=True)
+    out = head_reductions(model, hidden, torch.tensor([[1], [2]]))
+    assert out.weighted is None and out.weight_mass is None
+    out.log_probs().sum().backward()
+    assert hidden.grad is not None and hidden.grad.abs().sum() > 0
