@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..evaluate.head_reductions import head_reductions
 from ..evaluate.scoring import input_device, iter_last_token_hidden, prompt_and_target_ids
 from ..requests import EditRequest
-from .head_loss import head_reductions
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
 

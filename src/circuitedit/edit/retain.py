@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..evaluate.head_reductions import head_reductions
 from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
-from .head_loss import head_reductions
 
 # What one more forward pass costs, in padded tokens: measured on 2 CPU cores (Gemma-3-270M,
 # bf16) a forward+backward costs ~1.7 ms a token and ~50 ms a pass (per-op dispatch, weights read).

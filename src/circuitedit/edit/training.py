@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..evaluate.head_reductions import head_reductions
 from ..evaluate.scoring import TeacherForcedBatch, build_batch, hidden_states, input_device
-from .head_loss import head_reductions
 from .retain import RetainSet
 
 

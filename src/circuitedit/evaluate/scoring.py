@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .head_reductions import head_reductions
+
 CLOZE = "cloze"
 CHAT = "chat"
 CHAT_INSTRUCTION = "Complete the sentence with the right words: {prompt}"
@@ -259,11 +261,11 @@ def greedy_generate(
             out = body(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                               use_cache=True, **{cache_kw: past})
             past = getattr(out, cache_kw)
-            logits = logits_from_hidden(model, out.last_hidden_state[:, -1])  # (B, V)
+            # The argmax and top-2 of each row from the head in chunks, never the (B, V) logits.
+            head = head_reductions(model, out.last_hidden_state[:, -1])
             if step == 0:
-                top2 = logits.float().topk(2, -1).values
-                output.first_margins.extend((top2[:, 0] - top2[:, 1]).tolist())
-            next_ids = logits.argmax(-1).to(device)
+                output.first_margins.extend((head.top_values[:, 0] - head.top_values[:, 1]).tolist())
+            next_ids = head.top_index.to(device)
             for index, token in zip(live, next_ids.tolist(), strict=True):
                 if index in finished:
                     continue

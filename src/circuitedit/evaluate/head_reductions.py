@@ -1,5 +1,6 @@
-"""The few per-row reductions of the LM head's logits that the training losses need, computed
-over vocabulary chunks so that no (rows, vocab) matrix is ever written out.
+"""The few per-row reductions of the LM head's logits that training, greedy decoding and
+hard-negative scoring need, computed over vocabulary chunks so that no (rows, vocab) matrix is
+ever written out.
 
 Every training loss is a function of a row's log-sum-exp, of a few picked logits (target, old
 object, watched tokens) and, for the KL term, of the reference-weighted sum of its logits. With a
@@ -27,7 +28,7 @@ class HeadReductions:
     weighted: torch.Tensor | None  # (N,) sum_v exp(log_weights[n, v]) * logits[n, v] (differentiable)
     weight_mass: torch.Tensor | None  # (N,) sum_v exp(log_weights[n, v])
     top_values: torch.Tensor  # (N, 2) the two largest logits of each row
-    top_index: torch.Tensor  # (N,) the argmax
+    top_index: torch.Tensor  # (N,) the argmax (the lowest token id among ties, as torch.argmax)
 
     def log_probs(self) -> torch.Tensor:
         """(N, K) log-probabilities of the picked tokens."""
@@ -55,13 +56,13 @@ class _ChunkedReductions(torch.autograd.Function):
     are kept in the weight's dtype for the backward (N x V x 2 bytes in bf16, in pieces)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, cap, pick, log_weights, weight_rows):
+    def forward(ctx, hidden, weight, bias, cap, pick, log_weights, weight_rows, keep_chunks):
         x = hidden.to(weight.dtype).contiguous()  # (N, H)
         rows, device = x.shape[0], x.device
         running_max = torch.full((rows,), float("-inf"), device=device)
         running_sum = torch.zeros(rows, device=device)
         top_values = torch.full((rows, 2), float("-inf"), device=device)
-        top_index = torch.zeros((rows, 2), dtype=torch.long, device=device)
+        top_index = torch.zeros(rows, dtype=torch.long, device=device)
         picked = torch.zeros(pick.shape, device=device)
         weighted = torch.zeros(rows if log_weights is not None else 0, device=device)
         mass = torch.zeros_like(weighted)
@@ -70,15 +71,17 @@ class _ChunkedReductions(torch.autograd.Function):
             raw = x @ weight[start:start + CHUNK_COLUMNS].T  # (N, C)
             if bias is not None:
                 raw = raw + bias[start:start + CHUNK_COLUMNS]
-            chunks.append(raw)
+            if keep_chunks:
+                chunks.append(raw)
             z = _cap(raw.float(), cap)
             new_max = torch.maximum(running_max, z.max(-1).values)
             running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(z - new_max[:, None]).sum(-1)
             running_max = new_max
-            values, index = z.topk(min(2, z.shape[1]), -1)
-            best = torch.cat([top_values, values], 1).topk(2, -1)
-            top_index = torch.cat([top_index, index + start], 1).gather(1, best.indices)
-            top_values = best.values
+            chunk_best = z.max(-1)
+            ahead = chunk_best.values > top_values[:, 0]  # strict: ties keep the lowest token id, as argmax
+            top_index = torch.where(ahead, chunk_best.indices + start, top_index)
+            values = z.topk(min(2, z.shape[1]), -1).values
+            top_values = torch.cat([top_values, values], 1).topk(2, -1).values
             inside, column = _in_chunk(pick, start, z.shape[1])
             picked = torch.where(inside, z.gather(1, column), picked)
             if log_weights is not None:
@@ -89,7 +92,7 @@ class _ChunkedReductions(torch.autograd.Function):
         ctx.save_for_backward(weight, lse, pick, log_weights, weight_rows)
         ctx.chunks, ctx.cap, ctx.hidden_dtype = chunks, cap, hidden.dtype
         ctx.mark_non_differentiable(mass, top_values, top_index)
-        return lse, picked, weighted, mass, top_values, top_index[:, 0]
+        return lse, picked, weighted, mass, top_values, top_index
 
     @staticmethod
     def backward(ctx, grad_lse, grad_picked, grad_weighted, *_):
@@ -109,15 +112,15 @@ class _ChunkedReductions(torch.autograd.Function):
             grad_x += (grad_z.to(weight.dtype) @ weight[start:start + z.shape[1]]).float()
             start += z.shape[1]
         ctx.chunks = None
-        return grad_x.to(ctx.hidden_dtype), None, None, None, None, None, None
+        return grad_x.to(ctx.hidden_dtype), None, None, None, None, None, None, None
 
 
-def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor,
+def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor | None = None,
                     log_weights: torch.Tensor | None = None,
                     weight_rows: torch.Tensor | None = None) -> HeadReductions:
     """Reductions of the LM-head logits of `hidden` (N, H), in fp32, softcapped as the model does.
 
-    pick: (N, K) token ids whose logits are returned. log_weights: (M, V) log-weights (a reference
+    pick: (N, K) token ids whose logits are returned (none by default). log_weights: (M, V) log-weights (a reference
     log-softmax) and weight_rows (N,) the row of each hidden state in it: `weighted` is then the
     expectation of the logits under those weights, the KL term's cross term.
     """
@@ -125,13 +128,14 @@ def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor,
     weight, bias = head.weight, getattr(head, "bias", None)
     cap = getattr(model.config, "final_logit_softcapping", None)
     hidden = hidden.reshape(-1, hidden.shape[-1]).to(weight.device)
-    pick = pick.to(weight.device)
+    pick = (torch.zeros((hidden.shape[0], 0), dtype=torch.long) if pick is None else pick).to(weight.device)
     if log_weights is not None and weight_rows is None:
         weight_rows = torch.arange(hidden.shape[0])
     if log_weights is not None:
         weight_rows = weight_rows.to(log_weights.device)
+    keep_chunks = torch.is_grad_enabled() and hidden.requires_grad  # no backward, nothing to keep
     lse, picked, weighted, mass, top_values, top_index = _ChunkedReductions.apply(
-        hidden, weight, bias, cap, pick, log_weights, weight_rows)
+        hidden, weight, bias, cap, pick, log_weights, weight_rows, keep_chunks)
     if log_weights is None:
         weighted = mass = None
     return HeadReductions(pick, lse, picked, weighted, mass, top_values, top_index)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitedit.edit import head_loss
-from circuitedit.edit.head_loss import head_reductions
+from circuitedit.evaluate import head_reductions as reductions_module
+from circuitedit.evaluate.head_reductions import head_reductions
 from circuitedit.evaluate.scoring import logits_from_hidden
 from tiny import FAMILIES, tiny_model
 
@@ -14,7 +14,7 @@ from tiny import FAMILIES, tiny_model
 @pytest.mark.parametrize("softcap", [None, 3.0])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chunked_reductions_match_the_full_logits(family, softcap, monkeypatch):
-    monkeypatch.setattr(head_loss, "CHUNK_COLUMNS", 7)  # many chunks, the last one ragged
+    monkeypatch.setattr(reductions_module, "CHUNK_COLUMNS", 7)  # many chunks, the last one ragged
     model, _ = tiny_model(family)
     model.config.final_logit_softcapping = softcap
     vocab = model.get_output_embeddings().weight.shape[0]
@@ -59,3 +59,16 @@ def test_without_weights_there_is_no_weighted_sum():
     assert out.weighted is None and out.weight_mass is None
     out.log_probs().sum().backward()
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
+
+
+def test_ties_go_to_the_lowest_token_id_as_argmax(monkeypatch):
+    monkeypatch.setattr(reductions_module, "CHUNK_COLUMNS", 7)
+    model, _ = tiny_model("llama")
+    head = model.get_output_embeddings().weight
+    with torch.no_grad():
+        head.zero_()
+        head[3] = head[9] = head[12] = 1.0  # three equal maxima, in chunks 0 and 1
+    hidden = torch.ones(2, head.shape[1])
+    out = head_reductions(model, hidden)
+    assert out.top_index.tolist() == [3, 3] == logits_from_hidden(model, hidden).argmax(-1).tolist()
+    assert out.top_values[:, 0].tolist() == out.top_values[:, 1].tolist()  # a tie has margin 0
