@@ -48,7 +48,7 @@ class StageConfig:
     # Rotating retain prompts per evaluation of the retain terms, taken in turn (the pinned
     # same-template neighbours are in every one), and how often those terms are evaluated: every
     # `retain_every` steps, their gradient extrapolated in between (RetainTerm). Their forward
-    # and backward is most of a step. On 22 dev edits (README), 8 prompts every 2 steps against
+    # and backward is most of a step. On 22 dev edits (README; AMD machine), 8 prompts every 2 steps against
     # 16 every step: 40.7 steps against 35.8, each far cheaper; held-out paraphrases 0.55 vs 0.52,
     # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
     retain_batch: int = 8

@@ -188,20 +188,12 @@ def iter_last_token_hidden(
         yield indices, hidden[torch.arange(len(ids), device=hidden.device), last]
 
 
-def iter_last_token_logits(
-    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16
-) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """(indices into `prompts`, (len(indices), V) next-token logits) per batch; a caller that
-    reduces each batch never holds the whole (P, V) matrix (314 x 262k floats is 330 MB)."""
-    for indices, hidden in iter_last_token_hidden(model, tokenizer, prompts, batch_size):
-        yield indices, logits_from_hidden(model, hidden)
-
-
 @torch.no_grad()
 def last_token_logits(model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """(P, V) next-token logits after each prompt."""
     out: torch.Tensor | None = None
-    for indices, logits in iter_last_token_logits(model, tokenizer, prompts, batch_size):
+    for indices, hidden in iter_last_token_hidden(model, tokenizer, prompts, batch_size):
+        logits = logits_from_hidden(model, hidden)
         if out is None:
             out = logits.new_empty(len(prompts), logits.shape[-1], device="cpu")
         out[indices] = logits.cpu()
