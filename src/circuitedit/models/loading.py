@@ -56,8 +56,8 @@ def cpu_has_fast_bf16() -> bool:
     """AMX tiles: oneDNN's bf16 matmuls then beat fp32 (measured on 2 cores: a training
     forward+backward 0.41 s in bf16 against 1.3 s in fp32). AVX512-BF16 alone is not enough: on
     such a Xeon without AMX, bf16 was 1.4-1.6x *slower* than fp32 (a 6x25 forward+backward 0.92
-    s against 0.67 s; a 150x640x2048 matmul 2.8 ms against 1.8 ms), and the demo edit took 82 s
-    against 67 s. `get_cpu_capability()` only says "AVX512" on either CPU."""
+    s against 0.67 s; a 150x640x2048 matmul 2.8 ms against 1.8 ms), and the demo edit took 76.0 s
+    against 70.3 s (medians of 3, README). `get_cpu_capability()` only says "AVX512" on either."""
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
