@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -53,12 +54,39 @@ def cache_root() -> Path:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """AMX tiles: oneDNN's bf16 matmuls then beat fp32 (measured on 2 cores: a training
-    forward+backward 0.41 s in bf16 against 1.3 s in fp32). AVX512-BF16 alone is not enough: on
-    such a Xeon without AMX, bf16 was 1.4-1.6x *slower* than fp32 (a 6x25 forward+backward 0.92
-    s against 0.67 s; a 150x640x2048 matmul 2.8 ms against 1.8 ms), and the demo edit took 76.0 s
-    against 70.3 s (medians of 3, README). `get_cpu_capability()` only says "AVX512" on either."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    """Whether bf16 matmuls beat fp32 on this CPU, the ones an edit spends its time in.
+
+    AMX tiles: yes (a training forward+backward 0.41 s in bf16 against 1.3 s in fp32, 2 cores).
+    No AVX512-BF16: no, bf16 is emulated. AVX512-BF16 without AMX differs by CPU, so it is
+    measured: on a Xeon bf16 was 1.4-1.6x *slower* (the demo edit 76.0 s against 70.3 s), on an
+    AMD EPYC 4.8x faster (a 150x640x2048 matmul 0.80 ms against 3.85 ms; the demo edit 27.8 s
+    against 67.1 s). `get_cpu_capability()` says "AVX512" on all of them."""
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return True
+    if not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return False
+    return bf16_matmul_speedup() >= BF16_SPEEDUP_NEEDED
+
+
+# Measured ratios sit far on either side (0.65 and 4.8), so the threshold need not be tuned.
+BF16_SPEEDUP_NEEDED = 1.3
+
+
+def bf16_matmul_speedup(rows: int = 128, width: int = 640, out: int = 2048, repeats: int = 5) -> float:
+    """fp32 time / bf16 time of one MLP-sized linear layer, best of `repeats` (~20 ms in all)."""
+    generator = torch.Generator().manual_seed(0)
+    best = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(rows, width, generator=generator).to(dtype)
+        weight = torch.randn(out, width, generator=generator).to(dtype)
+        torch.nn.functional.linear(x, weight)  # first call pays for kernel selection
+        times = []
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            torch.nn.functional.linear(x, weight)
+            times.append(time.perf_counter() - tick)
+        best[dtype] = min(times)
+    return best[torch.float32] / max(best[torch.bfloat16], 1e-9)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
