@@ -41,6 +41,13 @@ class StageConfig:
     leak_weight: float = 0.0
     suppress_weight: float = 1.0
     weight_decay: float = 0.0
+    # Adam's moment decay rates. No momentum (beta1 0, i.e. RMSprop with bias correction): the
+    # KL term pulls against the target and momentum carried the stage into oscillations of
+    # several steps. On the 22 dev edits (README; AMD EPYC, bf16), against (0.9, 0.999): 33.0
+    # steps against 40.5, F_control 0.983 vs 0.964, neighbourhood 0.855 vs 0.594, CounterFact
+    # specificity 0.777 vs 0.573; held-out paraphrases 0.477 vs 0.523, forget 0.955 vs 0.970.
+    beta1: float = 0.0
+    beta2: float = 0.99
     # Train only this share of each vector's units: those with the largest first-step gradient.
     # Adam moves every coordinate by ~lr regardless of its gradient, so without this mask an IA3
     # vector drifts everywhere and drags unrelated facts along (None trains all units).
@@ -172,7 +179,8 @@ def train_stage(
     batch: TeacherForcedBatch = build_batch(tokenizer, prompts, targets, device)
     first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
     watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2),
+                                 weight_decay=config.weight_decay)
     retain_term = RetainTerm(retain, config, params, watched if config.leak_weight else None)
     if starts_at_reference:
         retain_term.known_zero()

@@ -74,10 +74,11 @@ class _ChunkedReductions(torch.autograd.Function):
             if keep_chunks:
                 chunks.append(raw)
             z = _cap(raw.float(), cap)
-            new_max = torch.maximum(running_max, z.max(-1).values)
-            running_sum = running_sum * torch.exp(running_max - new_max) + torch.exp(z - new_max[:, None]).sum(-1)
-            running_max = new_max
             chunk_best = z.max(-1)
+            new_max = torch.maximum(running_max, chunk_best.values)
+            shifted = (z - new_max[:, None]).exp_()  # one temporary for the chunk's softmax terms
+            running_sum = running_sum * torch.exp(running_max - new_max) + shifted.sum(-1)
+            running_max = new_max
             ahead = chunk_best.values > top_values[:, 0]  # strict: ties keep the lowest token id, as argmax
             top_index = torch.where(ahead, chunk_best.indices + start, top_index)
             values = z.topk(min(2, z.shape[1]), -1).values
@@ -101,7 +102,7 @@ class _ChunkedReductions(torch.autograd.Function):
         start = 0
         for raw in ctx.chunks:
             z = _cap(raw.float(), ctx.cap)
-            grad_z = grad_lse[:, None] * torch.exp(z - lse[:, None])  # d lse / d z is the softmax
+            grad_z = (z - lse[:, None]).exp_().mul_(grad_lse[:, None])  # d lse / d z is the softmax
             inside, column = _in_chunk(pick, start, z.shape[1])
             grad_z.scatter_add_(1, column, grad_picked * inside)
             if log_weights is not None:
