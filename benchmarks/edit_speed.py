@@ -35,7 +35,7 @@ load_s = time.perf_counter() - tick
 result = edit(model, tokenizer, demo_requests()[index])
 print("RESULT " + json.dumps({
     "load_s": load_s, "timings": result.timings, "passes": getattr(result.localization, "passes", None),
-    "stages": [[s.name, s.steps, s.seconds] for s in result.outcome.stages],
+    "stages": [[s.name, s.steps, s.seconds, getattr(s, "full_vocab_passes", None)] for s in result.outcome.stages],
     "components": [c.name for c in result.components],
     "metrics": {k: result.metrics[k] for k in ("new_fact_accuracy", "paraphrase_accuracy", "forget_rate", "f_control")},
 }))
@@ -58,7 +58,9 @@ def phases(run: dict) -> list[tuple[str, str, float]]:
             ("evaluate before (probes + control facts)", "", t["evaluate_before_s"]),
             ("localize (attribution patching)", f"{run['passes']} passes", t["localize_s"]),
             ("prepare (prefixes, hard negatives, retain set, model copy)", "", t["prepare_s"])]
-    rows += [(f"stage {name}", f"{steps} steps", seconds) for name, steps, seconds in run["stages"]]
+    for name, steps, seconds, *full in run["stages"]:
+        passes = f" ({full[0]} full LM-head)" if full and full[0] is not None else ""
+        rows.append((f"stage {name}", f"{steps} steps{passes}", seconds))
     steps = sum(s[1] for s in run["stages"])
     rows += [("evaluate after", "", t["evaluate_after_s"]),
              ("edit total (excl. load)", f"{steps} steps", t["total_s"]),

@@ -72,3 +72,29 @@ def test_ties_go_to_the_lowest_token_id_as_argmax(monkeypatch):
     out = head_reductions(model, hidden)
     assert out.top_index.tolist() == [3, 3] == logits_from_hidden(model, hidden).argmax(-1).tolist()
     assert out.top_values[:, 0].tolist() == out.top_values[:, 1].tolist()  # a tie has margin 0
+
+
+def test_shortlisted_reductions_with_the_tail_equal_the_full_ones():
+    from circuitedit.edit.shortlisted_head import ShortlistedHead
+
+    model, _ = tiny_model("gemma3_text")
+    model = model.float()
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(4, model.config.hidden_size, generator=generator)
+    pick = torch.tensor([[5], [7], [9], [11]])
+    shortlisted = ShortlistedHead(model, pick, top_k=6, full_every=3)
+    first, exact = shortlisted(hidden)
+    assert exact and shortlisted.shortlist is not None
+    assert len(shortlisted.shortlist.tokens) <= 4 * 6 + 4 < model.config.vocab_size
+    second, exact = shortlisted(hidden)  # the same hidden states: the fixed tail is exact
+    assert not exact
+    torch.testing.assert_close(second.lse, first.lse, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second.picked, first.picked)
+    torch.testing.assert_close(second.margins(0), first.margins(0))
+    assert second.top_index.tolist() == first.top_index.tolist()
+    shortlisted(hidden)
+    assert shortlisted(hidden)[1]  # every `full_every` shortlisted steps, a full pass
+    assert shortlisted.full_passes == 2
+    with pytest.raises(ValueError, match="shortlist"):
+        head_reductions(model, hidden, torch.full((4, 1), 1), shortlist=reductions_module.Shortlist.of(
+            model, torch.tensor([2, 3])))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..evaluate.head_reductions import head_reductions
+from ..evaluate.head_reductions import Shortlist, TailEstimate, head_reductions
 from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
 
 # What one more forward pass costs, in padded tokens: measured on 2 CPU cores (Gemma-3-270M,
@@ -49,6 +49,17 @@ def length_buckets(lengths: Sequence[int], overhead: int = FORWARD_OVERHEAD_TOKE
 
 
 @dataclass
+class ShortlistedReference:
+    """The retain set's reference distributions on a token shortlist, the rest one bucket."""
+
+    shortlist: Shortlist
+    log_weights: torch.Tensor  # (R, C) reference log-probs of the shortlisted tokens
+    tail_mass: torch.Tensor  # (R,) reference probability of all the other tokens
+    tail: TailEstimate | None  # their log-sum-exp, calibrated on the unedited model (None: no others)
+    negative_entropy: torch.Tensor  # (R,) of the bucketed reference distribution
+
+
+@dataclass
 class RetainSet:
     """Prompts whose next-token distribution must stay where the original model had it."""
 
@@ -59,6 +70,7 @@ class RetainSet:
     prompts: list[str]
     pinned: int = 0  # the first `pinned` prompts are in every step's batch
     reference_negative_entropy: torch.Tensor | None = None  # (R,) sum_v p_ref log p_ref
+    reference_lse: torch.Tensor | None = None  # (R,) log-sum-exp of the unedited model's logits
 
     @classmethod
     @torch.no_grad()
@@ -76,7 +88,9 @@ class RetainSet:
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
         last = torch.tensor([len(r) - 1 for r in ids], device=device)
         retain = cls(input_ids, mask, last, torch.empty(0), list(prompts), pinned)
-        retain.reference_logprobs = retain.logprobs(model).detach()
+        logits = retain.logits(model).detach()
+        retain.reference_lse = logits.logsumexp(-1)
+        retain.reference_logprobs = logits - retain.reference_lse[:, None]
         retain.reference_negative_entropy = (retain.reference_logprobs.exp() * retain.reference_logprobs).sum(-1)
         return retain
 
@@ -113,21 +127,53 @@ class RetainSet:
         turn = self.pinned + (torch.arange(size, device=device) + step * size) % rotating
         return torch.cat([torch.arange(self.pinned, device=device), turn])
 
+    def shortlisted(self, model: nn.Module, top_k: int, extra: torch.Tensor | None = None,
+                    tail_sample: int = 2048) -> ShortlistedReference:
+        """The reference on a shortlist: each prompt's `top_k` most likely tokens, plus `extra`."""
+        tokens = self.reference_logprobs.topk(top_k, -1).indices.flatten()
+        if extra is not None:
+            tokens = torch.cat([tokens, extra.to(tokens.device)])
+        shortlist = Shortlist.of(model, tokens)
+        log_weights = self.reference_logprobs[:, shortlist.tokens.to(self.reference_logprobs.device)]  # (R, C)
+        inside = log_weights.exp()
+        tail_mass = (1 - inside.sum(-1)).clamp(min=1e-12)  # (R,)
+        negative_entropy = (inside * log_weights).sum(-1) + tail_mass * tail_mass.log()
+        tail = TailEstimate.drawn(model, shortlist, tail_sample)
+        if tail is None:
+            tail_mass = torch.zeros_like(tail_mass)
+        else:
+            sampled = self.reference_logprobs[:, tail.sample.tokens.to(self.reference_logprobs.device)]
+            tail.log_scale = tail_mass.log() - sampled.logsumexp(-1)  # in log-prob units: lse cancels
+        return ShortlistedReference(shortlist, log_weights, tail_mass, tail, negative_entropy)
+
     def kl_and_leak(self, model: nn.Module, rows: torch.Tensor | None = None,
-                    watched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    watched: torch.Tensor | None = None,
+                    shortlisted: ShortlistedReference | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean KL(original || current) over the prompts in `rows`, and the mean rise (hinge) of
         the `watched` tokens' log-probabilities over their original values (0 without any).
 
         From the head's chunked reductions, never the (R', V) log-softmax:
-        KL = sum_v p_ref log p_ref - sum_v p_ref z_v + (sum_v p_ref) logsumexp(z)."""
+        KL = sum_v p_ref log p_ref - sum_v p_ref z_v + (sum_v p_ref) logsumexp(z).
+        With `shortlisted`, the KL of the distributions over its tokens plus one bucket for all
+        the others (its logit estimated from a sample of them): zero, with zero gradient, at the
+        reference, and near a lower bound of the full KL (the bucket merges tokens)."""
         rows = torch.arange(len(self.last), device=self.last.device) if rows is None else rows
         hidden = self.last_hidden(model, rows)  # (R', H)
         watched = torch.zeros(0, dtype=torch.long) if watched is None else watched
         pick = watched.to(hidden.device)[None, :].expand(len(rows), -1)  # (R', W)
-        out = head_reductions(model, hidden, pick, self.reference_logprobs, rows)
         ref_rows = rows.to(self.reference_logprobs.device)
-        negative_entropy = self.reference_negative_entropy[ref_rows].to(out.lse.device)
-        kl = (negative_entropy - out.weighted + out.weight_mass * out.lse).mean()
+        if shortlisted is None:
+            out = head_reductions(model, hidden, pick, self.reference_logprobs, rows)
+            negative_entropy = self.reference_negative_entropy[ref_rows].to(out.lse.device)
+            kl = (negative_entropy - out.weighted + out.weight_mass * out.lse).mean()
+        else:
+            tail = None if shortlisted.tail is None else shortlisted.tail(model, hidden, ref_rows)  # (R',)
+            out = head_reductions(model, hidden, pick, shortlisted.log_weights, rows,
+                                  shortlist=shortlisted.shortlist, tail=tail)
+            tail_mass = shortlisted.tail_mass[ref_rows].to(out.lse.device)
+            negative_entropy = shortlisted.negative_entropy[ref_rows].to(out.lse.device)
+            cross = out.weighted if tail is None else out.weighted + tail_mass * tail.to(out.lse.device)
+            kl = (negative_entropy - cross + (out.weight_mass + tail_mass) * out.lse).mean()
         if watched.numel() == 0:
             return kl, kl.new_zeros(())
         reference = self.reference_logprobs[ref_rows[:, None], watched.to(ref_rows.device)[None, :]]  # (R', W)

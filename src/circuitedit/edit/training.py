@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from ..evaluate.head_reductions import head_reductions
+from ..evaluate.head_reductions import HeadReductions
 from ..evaluate.scoring import TeacherForcedBatch, build_batch, hidden_states, input_device
-from .retain import RetainSet
+from .retain import RetainSet, ShortlistedReference
+from .shortlisted_head import ShortlistedHead
 
 
 @dataclass
@@ -60,6 +61,13 @@ class StageConfig:
     # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
     retain_batch: int = 8
     retain_every: int = 2
+    # LM-head shortlist (ShortlistedHead; RetainSet.shortlisted): most steps compute the logits of
+    # each row's `shortlist_top_k` best tokens only, full-vocabulary passes every
+    # `full_vocab_every` steps and whenever the targets look reached. None: every step computes
+    # all 262k logits.
+    shortlist_top_k: int | None = 256
+    full_vocab_every: int = 8
+    shortlist_tail_sample: int = 2048  # tokens whose logits estimate the rest's log-sum-exp
 
 
 @dataclass
@@ -68,6 +76,7 @@ class StageLog:
     steps: int = 0
     seconds: float = 0.0
     converged: bool = False
+    full_vocab_passes: int = 0  # of the training rows' LM head (the retain set's not counted)
     losses: list[float] = field(default_factory=list)
     trainable_parameters: int = 0
 
@@ -94,6 +103,16 @@ def restrict_to_top_units(params: Sequence[nn.Parameter], fraction: float) -> No
         param.register_hook(lambda grad, mask=mask: grad * mask)
 
 
+def targets_reached(head: HeadReductions, first: torch.Tensor, suppress: bool, config: StageConfig) -> bool:
+    """Every target token the argmax by `margin`, and the old object's first token `old_gap` below
+    the target's first token."""
+    reached = bool((head.margins(0) >= config.margin).all())
+    if suppress:
+        gap = head.picked[first, 0].detach() - head.picked[first, 1].detach()
+        reached = reached and bool((gap >= config.old_gap).all())
+    return reached
+
+
 class RetainTerm:
     """The retain terms (KL, leak) of every step, their gradient recomputed every
     `config.retain_every` steps (lazy regularization, as StyleGAN2 does for its R1 term): the
@@ -111,6 +130,7 @@ class RetainTerm:
         self.value = 0.0
         self.age = 0  # steps since the last evaluation
         self.evaluations = 0
+        self.reference: ShortlistedReference | None = None  # built at the first evaluation
 
     def known_zero(self) -> None:
         """At the reference model both terms are zero with zero gradient: no pass needed."""
@@ -118,7 +138,10 @@ class RetainTerm:
 
     def _evaluate(self, model: nn.Module) -> None:
         rows = self.retain.rows_for_step(self.evaluations, self.config.retain_batch)
-        kl, leak = self.retain.kl_and_leak(model, rows, self.watched)
+        if self.config.shortlist_top_k and self.reference is None:
+            self.reference = self.retain.shortlisted(model, self.config.shortlist_top_k, self.watched,
+                                                     self.config.shortlist_tail_sample)
+        kl, leak = self.retain.kl_and_leak(model, rows, self.watched, self.reference)
         term = self.config.kl_weight * kl + self.config.leak_weight * leak
         # Tensor hooks on the params (head masks, unit masks) apply to autograd.grad too.
         gradient = list(torch.autograd.grad(term, self.params, allow_unused=True))
@@ -188,15 +211,16 @@ def train_stage(
     targets_dev = batch.targets.to(device)
     pick = targets_dev[:, None] if suppress_token is None else torch.stack(
         [targets_dev, torch.full_like(targets_dev, suppress_token)], 1)  # (N, 1 or 2): target, old object
+    shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
+                                  config.shortlist_tail_sample)
     for step in range(config.max_steps + 1):
         hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
-        head = head_reductions(model, hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)], pick)
+        selected = hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]  # (N, H)
+        head, exact = shortlisted(selected)
         first = first_positions.to(head.lse.device)
-        with torch.no_grad():
-            reached = bool((head.margins(0) >= config.margin).all())
-            if suppress_token is not None:
-                gap = head.picked[first, 0] - head.picked[first, 1]
-                reached = reached and bool((gap >= config.old_gap).all())
+        reached = targets_reached(head, first, suppress_token is not None, config)
+        if not exact and ((reached and step >= config.min_steps) or step == config.max_steps):
+            reached = targets_reached(shortlisted.full(selected), first, suppress_token is not None, config)
         if (reached and step >= config.min_steps) or step == config.max_steps:
             log.converged = reached
             break
@@ -216,4 +240,5 @@ def train_stage(
         if progress is not None:
             progress(name, step + 1, total)
     log.seconds = time.perf_counter() - start
+    log.full_vocab_passes = shortlisted.full_passes
     return log

@@ -29,6 +29,7 @@ class HeadReductions:
     weight_mass: torch.Tensor | None  # (N,) sum_v exp(log_weights[n, v])
     top_values: torch.Tensor  # (N, 2) the two largest logits of each row
     top_index: torch.Tensor  # (N,) the argmax (the lowest token id among ties, as torch.argmax)
+    top_tokens: torch.Tensor  # (N, top_k) the highest-scoring token ids, best first ((N, 0) unless asked)
 
     def log_probs(self) -> torch.Tensor:
         """(N, K) log-probabilities of the picked tokens."""
@@ -56,7 +57,7 @@ class _ChunkedReductions(torch.autograd.Function):
     are kept in the weight's dtype for the backward (N x V x 2 bytes in bf16, in pieces)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, cap, pick, log_weights, weight_rows, keep_chunks):
+    def forward(ctx, hidden, weight, bias, cap, pick, log_weights, weight_rows, keep_chunks, top_k):
         x = hidden.to(weight.dtype).contiguous()  # (N, H)
         rows, device = x.shape[0], x.device
         running_max = torch.full((rows,), float("-inf"), device=device)
@@ -66,6 +67,8 @@ class _ChunkedReductions(torch.autograd.Function):
         picked = torch.zeros(pick.shape, device=device)
         weighted = torch.zeros(rows if log_weights is not None else 0, device=device)
         mass = torch.zeros_like(weighted)
+        best_values = torch.empty(rows, 0, device=device)
+        best_tokens = torch.empty(rows, 0, dtype=torch.long, device=device)
         chunks = []
         for start in range(0, weight.shape[0], CHUNK_COLUMNS):
             raw = x @ weight[start:start + CHUNK_COLUMNS].T  # (N, C)
@@ -85,6 +88,12 @@ class _ChunkedReductions(torch.autograd.Function):
             top_values = torch.cat([top_values, values], 1).topk(2, -1).values
             inside, column = _in_chunk(pick, start, z.shape[1])
             picked = torch.where(inside, z.gather(1, column), picked)
+            if top_k:
+                chunk_top = z.topk(min(top_k, z.shape[1]), -1)
+                values = torch.cat([best_values, chunk_top.values], 1)
+                tokens = torch.cat([best_tokens, chunk_top.indices + start], 1)
+                best = values.topk(min(top_k, values.shape[1]), -1)
+                best_values, best_tokens = best.values, tokens.gather(1, best.indices)
             if log_weights is not None:
                 w = log_weights[weight_rows, start:start + z.shape[1]].to(device).float().exp()  # (N, C)
                 weighted += (w * z).sum(-1)
@@ -92,8 +101,8 @@ class _ChunkedReductions(torch.autograd.Function):
         lse = running_max + running_sum.log()
         ctx.save_for_backward(weight, lse, pick, log_weights, weight_rows)
         ctx.chunks, ctx.cap, ctx.hidden_dtype = chunks, cap, hidden.dtype
-        ctx.mark_non_differentiable(mass, top_values, top_index)
-        return lse, picked, weighted, mass, top_values, top_index
+        ctx.mark_non_differentiable(mass, top_values, top_index, best_tokens)
+        return lse, picked, weighted, mass, top_values, top_index, best_tokens
 
     @staticmethod
     def backward(ctx, grad_lse, grad_picked, grad_weighted, *_):
@@ -113,30 +122,103 @@ class _ChunkedReductions(torch.autograd.Function):
             grad_x += (grad_z.to(weight.dtype) @ weight[start:start + z.shape[1]]).float()
             start += z.shape[1]
         ctx.chunks = None
-        return grad_x.to(ctx.hidden_dtype), None, None, None, None, None, None, None
+        return grad_x.to(ctx.hidden_dtype), None, None, None, None, None, None, None, None
 
 
 def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor | None = None,
                     log_weights: torch.Tensor | None = None,
-                    weight_rows: torch.Tensor | None = None) -> HeadReductions:
+                    weight_rows: torch.Tensor | None = None, *, top_k: int = 0,
+                    shortlist: Shortlist | None = None, tail: torch.Tensor | None = None) -> HeadReductions:
     """Reductions of the LM-head logits of `hidden` (N, H), in fp32, softcapped as the model does.
 
     pick: (N, K) token ids whose logits are returned (none by default). log_weights: (M, V) log-weights (a reference
     log-softmax) and weight_rows (N,) the row of each hidden state in it: `weighted` is then the
-    expectation of the logits under those weights, the KL term's cross term.
+    expectation of the logits under those weights, the KL term's cross term. top_k: also return
+    each row's `top_k` best token ids.
+
+    shortlist: compute the logits of its tokens only (every pick must be one of them; log_weights
+    then has one column per shortlisted token), with tail (N,), an estimate of the log-sum-exp of
+    the other tokens' logits (TailEstimate), folded into `lse`. Token ids in and out stay
+    vocabulary ids.
     """
     head = model.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
+    if shortlist is not None:
+        weight, bias = shortlist.weight, shortlist.bias
     cap = getattr(model.config, "final_logit_softcapping", None)
     hidden = hidden.reshape(-1, hidden.shape[-1]).to(weight.device)
     pick = (torch.zeros((hidden.shape[0], 0), dtype=torch.long) if pick is None else pick).to(weight.device)
+    columns = pick if shortlist is None else shortlist.columns(pick)
     if log_weights is not None and weight_rows is None:
         weight_rows = torch.arange(hidden.shape[0])
     if log_weights is not None:
         weight_rows = weight_rows.to(log_weights.device)
     keep_chunks = torch.is_grad_enabled() and hidden.requires_grad  # no backward, nothing to keep
-    lse, picked, weighted, mass, top_values, top_index = _ChunkedReductions.apply(
-        hidden, weight, bias, cap, pick, log_weights, weight_rows, keep_chunks)
+    lse, picked, weighted, mass, top_values, top_index, top_tokens = _ChunkedReductions.apply(
+        hidden, weight, bias, cap, columns, log_weights, weight_rows, keep_chunks, top_k)
+    if shortlist is not None:
+        top_index, top_tokens = shortlist.tokens[top_index], shortlist.tokens[top_tokens]
+        if tail is not None:
+            lse = torch.logaddexp(lse, tail.to(lse.device))
     if log_weights is None:
         weighted = mass = None
-    return HeadReductions(pick, lse, picked, weighted, mass, top_values, top_index)
+    return HeadReductions(pick, lse, picked, weighted, mass, top_values, top_index, top_tokens)
+
+
+@dataclass
+class Shortlist:
+    """A few thousand of the vocabulary's tokens and their LM-head rows: the only logits a
+    training step needs while the rest of the 262k-token vocabulary holds a negligible share of
+    the softmax. Each full LM-head pass reads 335-670 MB of weights, a third of a training step."""
+
+    tokens: torch.Tensor  # (C,) sorted token ids
+    weight: torch.Tensor  # (C, H) their LM-head rows (a copy)
+    bias: torch.Tensor | None  # (C,)
+    position: torch.Tensor  # (V,) each token's column in `tokens`, -1 for the others
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: nn.Module, tokens: torch.Tensor) -> Shortlist:
+        head = model.get_output_embeddings()
+        tokens = tokens.to(head.weight.device).unique()  # sorted
+        bias = getattr(head, "bias", None)
+        position = torch.full((head.weight.shape[0],), -1, dtype=torch.long, device=tokens.device)
+        position[tokens] = torch.arange(len(tokens), device=tokens.device)
+        return cls(tokens, head.weight[tokens].contiguous(), None if bias is None else bias[tokens], position)
+
+    def columns(self, ids: torch.Tensor) -> torch.Tensor:
+        """The columns of token `ids` (any shape); every one must be shortlisted."""
+        columns = self.position[ids.to(self.position.device)]
+        if bool((columns < 0).any()):
+            raise ValueError("head_reductions: a picked token is not in the shortlist")
+        return columns
+
+
+@dataclass
+class TailEstimate:
+    """The log-sum-exp of the logits outside a shortlist, from a fixed uniform sample of those
+    tokens scaled to the true value where it was last measured. It moves with the hidden state as
+    the tail does (a tail held at a constant turns a shift of every logit, which no softmax sees,
+    into a loss)."""
+
+    sample: Shortlist
+    log_scale: torch.Tensor  # (N,) true tail minus the sample's log-sum-exp, at calibration
+
+    @classmethod
+    def drawn(cls, model: nn.Module, shortlist: Shortlist, size: int, seed: int = 0) -> TailEstimate | None:
+        """`size` tokens from outside `shortlist`, seeded; log_scale still to calibrate. None when
+        the shortlist is the whole vocabulary (or size is 0)."""
+        outside = (shortlist.position < 0).nonzero().squeeze(1)
+        if len(outside) == 0 or size <= 0:
+            return None
+        order = torch.randperm(len(outside), generator=torch.Generator().manual_seed(seed))[:size]
+        return cls(Shortlist.of(model, outside[order.to(outside.device)]), torch.zeros(0))
+
+    def sample_lse(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """(N,) log-sum-exp of the sampled tokens' logits (differentiable)."""
+        return head_reductions(model, hidden, shortlist=self.sample).lse
+
+    def __call__(self, model: nn.Module, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) the tail's estimated log-sum-exp for `hidden`, row n calibrated as rows[n]."""
+        scale = self.log_scale if rows is None else self.log_scale[rows.to(self.log_scale.device)]
+        return scale.to(hidden.device) + self.sample_lse(model, hidden)
