@@ -72,7 +72,7 @@ def test_bucketed_retain_logits_equal_one_padded_batch(family):
     assert rotating == sorted(rotating)  # the others in length order
 
 
-def _peft_on(family):
+def _peft_on(family, off_reference=True):
     model, tokenizer = tiny_model(family)
     model = model.float()
     retain = RetainSet.from_model(model, tokenizer, PROMPTS, pinned=2)
@@ -80,10 +80,15 @@ def _peft_on(family):
     freeze(working)
     peft_model = attach_ia3(working, get_adapter(working), [Component(0, HEAD, 1), Component(1, MLP)])
     params = list(ia3_vectors(peft_model).values())
-    with torch.no_grad():
-        for p in params:
-            p.mul_(1 + 0.3 * torch.randn_like(p))  # off the reference, so the KL has a gradient
+    if off_reference:  # so the KL has a gradient
+        _perturb(params, 0.3)
     return peft_model.get_base_model(), params, retain
+
+
+@torch.no_grad()
+def _perturb(params, scale, generator=None):
+    for p in params:
+        p.mul_(1 + scale * torch.randn(p.shape, generator=generator))
 
 
 @pytest.mark.parametrize("family", ["gemma3_text", "phi3", "gpt2"])
@@ -145,25 +150,18 @@ def test_lazy_retain_term_starting_at_the_reference_extrapolates_from_zero():
 
 @pytest.mark.parametrize("family", ["gemma3_text", "gpt2"])
 def test_shortlisted_kl_is_zero_at_the_reference_and_at_most_the_full_kl_off_it(family):
-    model, tokenizer = tiny_model(family)
-    model = model.float()
-    retain = RetainSet.from_model(model, tokenizer, PROMPTS, pinned=2)
-    working = copy.deepcopy(model)
-    freeze(working)
-    peft_model = attach_ia3(working, get_adapter(working), [Component(0, MLP), Component(1, MLP)])
-    edited, params = peft_model.get_base_model(), list(ia3_vectors(peft_model).values())
+    edited, params, retain = _peft_on(family, off_reference=False)
     reference = retain.shortlisted(edited, top_k=8)
-    assert len(reference.shortlist.tokens) < model.config.vocab_size
+    assert len(reference.shortlist.tokens) < edited.config.vocab_size
     kl, _ = retain.kl_and_leak(edited, shortlisted=reference)
     grads = torch.autograd.grad(kl, params)
     assert float(kl) == pytest.approx(0.0, abs=1e-5)
     assert all(float(g.abs().max()) < 1e-5 for g in grads)  # the bucket keeps the optimum in place
+    _perturb(params, 0.5, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        for p in params:
-            p.mul_(1 + 0.5 * torch.randn_like(p, generator=torch.Generator().manual_seed(1)))
         full, _ = retain.kl_and_leak(edited)
         bucketed, _ = retain.kl_and_leak(edited, shortlisted=reference)
-        everything = retain.shortlisted(edited, top_k=model.config.vocab_size)
+        everything = retain.shortlisted(edited, top_k=edited.config.vocab_size)
         exact, _ = retain.kl_and_leak(edited, shortlisted=everything)
     # merging tokens into the bucket can only hide divergence (up to the tail estimate's error)
     assert 0 < float(bucketed) <= 1.1 * float(full)
