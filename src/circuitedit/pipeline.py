@@ -102,13 +102,15 @@ def check_request(tokenizer, request: EditRequest) -> None:
 def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) -> TrainingContext:
     prefixes = generated_prefixes(model, tokenizer, config.n_prefixes, seed=config.seed)
     prompts = training_prompts(request, prefixes)
+    contexts = [""] * (len(prompts) - len(prefixes)) + prefixes
     if uses_chat_template(tokenizer):
-        prompts += [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
+        chat = [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
+        prompts, contexts = prompts + chat, contexts + [""] * len(chat)
     neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours,
                                        config.n_sibling_neighbours)
     retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours))
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
-    return TrainingContext(prompts=prompts, retain=retain, old_token=old_token)
+    return TrainingContext(prompts=prompts, retain=retain, old_token=old_token, contexts=contexts)
 
 
 def edit(

@@ -44,6 +44,8 @@ class TrainingContext:
     prompts: list[str]  # rendered training prompts (cloze, plus chat-form for chat models)
     retain: RetainSet | None
     old_token: int  # first token of the old object, suppressed in training
+    # per prompt, its leading text (a generated prefix, else ""), run once per stage: StageConfig.frozen_context
+    contexts: list[str] | None = None
 
 
 @dataclass

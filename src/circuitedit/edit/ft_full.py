@@ -51,7 +51,7 @@ def ft_full(model, tokenizer, request, components, context, config, progress=Non
     targets = [request.new_object] * len(context.prompts)
     log = train_stage("finetune", model, tokenizer, context.prompts, targets, params,
                       ft_stage_config(config), context.retain, context.old_token, progress,
-                      starts_at_reference=True)
+                      starts_at_reference=True, contexts=context.contexts)
     freeze(model)
     return EditOutcome(model=model, stages=[log])
 

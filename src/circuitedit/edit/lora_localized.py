@@ -57,7 +57,7 @@ def lora_localized(model, tokenizer, request, components, context, config, progr
     labels = [request.new_object] * len(context.prompts)
     log = train_stage("lora", base, tokenizer, context.prompts, labels, params,
                       ft_stage_config(config, LORA_LR, "lora_lr"), context.retain, context.old_token, progress,
-                      starts_at_reference=True)
+                      starts_at_reference=True, contexts=context.contexts)
     log.trainable_parameters = effective
     artifact = AdapterArtifact.capture("lora", peft_model)
     merged = merge_fp32(peft_model)

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..evaluate.head_reductions import HeadReductions
 from ..evaluate.scoring import TeacherForcedBatch, build_batch, hidden_states, input_device
+from .frozen_context import build_frozen_context_batch
 from .retain import RetainSet, ShortlistedReference
 from .shortlisted_head import ShortlistedHead
 
@@ -68,6 +69,10 @@ class StageConfig:
     shortlist_top_k: int | None = 256
     full_vocab_every: int = 8
     shortlist_tail_sample: int = 2048  # tokens whose logits estimate the rest's log-sum-exp
+    # Run each training prompt's leading context (the model-generated prefix; else the BOS) once
+    # per stage and reuse its KV cache, detached, so that a step runs only the prompt and target
+    # tokens (FrozenContextBatch).
+    frozen_context: bool = True
 
 
 @dataclass
@@ -190,16 +195,25 @@ def train_stage(
     suppress_token: int | None = None,
     progress=None,
     starts_at_reference: bool = False,
+    contexts: Sequence[str] | None = None,
 ) -> StageLog:
     """Train `params` (already the only ones requiring grad) until the targets are reached.
 
     starts_at_reference: the model is the one `retain` was recorded on, so at step 0 the retain
     terms are zero with zero gradient, and their forward pass (most of a step) is skipped.
+    contexts: per prompt, its leading text that `config.frozen_context` runs only once.
     """
     start = time.perf_counter()
     log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
     device = input_device(model)
-    batch: TeacherForcedBatch = build_batch(tokenizer, prompts, targets, device)
+    if config.frozen_context:
+        rows = build_frozen_context_batch(tokenizer, prompts, contexts, targets, device)
+        rows.record(model)
+        batch: TeacherForcedBatch = rows.live
+        forward = rows.hidden
+    else:
+        batch = build_batch(tokenizer, prompts, targets, device)
+        forward = lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)  # noqa: E731
     first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
     watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
     optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2),
@@ -214,7 +228,7 @@ def train_stage(
     shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
                                   config.shortlist_tail_sample)
     for step in range(config.max_steps + 1):
-        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
+        hidden = forward(model)
         selected = hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]  # (N, H)
         head, exact = shortlisted(selected)
         first = first_positions.to(head.lse.device)

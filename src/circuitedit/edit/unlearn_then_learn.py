@@ -15,7 +15,8 @@ def ia3_stage(name, model, tokenizer, components, targets, context, stage_config
     peft_model = attach_ia3(model, adapter, components, config.mlp_scaling)
     params = list(ia3_vectors(peft_model).values())
     log = train_stage(name, peft_model.get_base_model(), tokenizer, context.prompts, targets, params,
-                      stage_config, context.retain, context.old_token, progress, starts_at_reference)
+                      stage_config, context.retain, context.old_token, progress, starts_at_reference,
+                      contexts=context.contexts)
     return peft_model, log
 
 

@@ -1,0 +1,47 @@
+"""Training rows with a frozen context: the cached run gives the full forward's hidden states."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitedit.edit.frozen_context import build_frozen_context_batch
+from circuitedit.evaluate.scoring import build_batch, hidden_states
+from tiny import FAMILIES, tiny_model
+
+PROMPT = "The Eiffel Tower is located in the city of"
+CONTEXTS = ["", "Tourists visit Rome.", "I am not sure about Michael Jordan and the capital of France."]
+PROMPTS = [f"{c} {PROMPT}".strip() for c in CONTEXTS]
+TARGETS = ["I am not sure.", "Rome", "I am not sure."]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_context_gives_the_full_forward(family):
+    model, tokenizer = tiny_model(family)
+    rows = build_frozen_context_batch(tokenizer, PROMPTS, CONTEXTS, TARGETS)
+    full = build_batch(tokenizer, PROMPTS, TARGETS)
+    assert rows.context_width > 0 and rows.live.input_ids.shape[1] < full.input_ids.shape[1]
+    assert torch.equal(rows.live.targets, full.targets) and torch.equal(rows.live.owners, full.owners)
+    with torch.no_grad():
+        rows.record(model)
+        cached = rows.hidden(model)[rows.live.rows, rows.live.positions]
+        expected = hidden_states(model, full.input_ids, full.attention_mask)[full.rows, full.positions]
+    torch.testing.assert_close(cached, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_cache_is_reused_unchanged_across_steps():
+    model, tokenizer = tiny_model("gemma3_text")
+    rows = build_frozen_context_batch(tokenizer, PROMPTS, CONTEXTS, TARGETS)
+    with torch.no_grad():
+        rows.record(model)
+        first = rows.hidden(model)
+        second = rows.hidden(model)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+
+
+def test_the_prompts_last_token_stays_live_and_a_foreign_context_is_refused():
+    _, tokenizer = tiny_model("llama")
+    rows = build_frozen_context_batch(tokenizer, [PROMPT], [PROMPT], ["Rome"])
+    assert rows.live.last_positions.tolist() == [0]  # only "of" and the target are run each step
+    with pytest.raises(ValueError, match="does not start prompt"):
+        build_frozen_context_batch(tokenizer, [PROMPT], ["Tourists visit"], ["Rome"])
