@@ -45,3 +45,21 @@ def test_the_prompts_last_token_stays_live_and_a_foreign_context_is_refused():
     assert rows.live.last_positions.tolist() == [0]  # only "of" and the target are run each step
     with pytest.raises(ValueError, match="does not start prompt"):
         build_frozen_context_batch(tokenizer, [PROMPT], ["Tourists visit"], ["Rome"])
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "gpt2"])
+def test_rows_with_nothing_to_freeze_sit_beside_rows_with_a_context(family):
+    """A tokenizer without BOS leaves "" nothing to freeze: that row's context is all padding,
+    and its live tokens must not attend to (NaN) states of fully masked positions."""
+    from tokenizers.processors import TemplateProcessing
+
+    model, tokenizer = tiny_model(family)
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A")  # no BOS
+    rows = build_frozen_context_batch(tokenizer, PROMPTS, CONTEXTS, TARGETS)
+    full = build_batch(tokenizer, PROMPTS, TARGETS)
+    assert rows.context_mask.sum(1)[0] == 0 and rows.context_mask.sum(1)[1] > 0
+    with torch.no_grad():
+        rows.record(model)
+        cached = rows.hidden(model)[rows.live.rows, rows.live.positions]
+        expected = hidden_states(model, full.input_ids, full.attention_mask)[full.rows, full.positions]
+    torch.testing.assert_close(cached, expected, atol=1e-4, rtol=1e-4)
