@@ -18,6 +18,7 @@ from torch import nn
 
 from ..evaluate.scoring import (
     TeacherForcedBatch,
+    batch_from_ids,
     body,
     cache_keyword,
     encode_text,
@@ -87,38 +88,23 @@ def build_frozen_context_batch(
     for none, which still freezes a BOS token). At least the prompt's last token stays live: its
     hidden state predicts the first target token."""
     contexts = [""] * len(prompts) if contexts is None else list(contexts)
-    live_rows, context_rows, cuts = [], [], []
-    rows, positions, target_tokens, owners, last = [], [], [], [], []
-    for i, (prompt, context, target) in enumerate(zip(prompts, contexts, targets, strict=True)):
+    live_pairs, context_rows = [], []
+    for prompt, context, target in zip(prompts, contexts, targets, strict=True):
         if not prompt.startswith(context):
             raise ValueError(f"training context {context!r} does not start prompt {prompt!r}")
         p_ids, t_ids = prompt_and_target_ids(tokenizer, prompt, target)
-        seq = p_ids + t_ids
-        cut = min(_common_prefix(encode_text(tokenizer, context), seq), len(p_ids) - 1)
-        context_rows.append(seq[:cut])
-        live_rows.append(seq[cut:])
-        cuts.append(cut)
-        for j, tok in enumerate(t_ids):
-            rows.append(i)
-            positions.append(len(p_ids) - 1 + j - cut)
-            target_tokens.append(tok)
-            owners.append(i)
-        last.append(len(p_ids) - 1 - cut)
+        cut = min(_common_prefix(encode_text(tokenizer, context), p_ids + t_ids), len(p_ids) - 1)
+        context_rows.append(p_ids[:cut])
+        live_pairs.append((p_ids[cut:], t_ids))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(map(len, live_rows))
-    context_width = max(cuts)
-    input_ids = torch.full((len(live_rows), width), pad, dtype=torch.long)
-    live_mask = torch.zeros_like(input_ids)
-    context_ids = torch.full((len(live_rows), context_width), pad, dtype=torch.long)
+    live = batch_from_ids(live_pairs, pad, device)
+    context_width = max(map(len, context_rows))
+    context_ids = torch.full((len(context_rows), context_width), pad, dtype=torch.long)
     context_mask = torch.zeros_like(context_ids)
-    for i, (ctx, seq) in enumerate(zip(context_rows, live_rows, strict=True)):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        live_mask[i, : len(seq)] = 1
-        if ctx:
+    for i, ctx in enumerate(context_rows):
+        if ctx:  # left padding: every row's context ends where its live tokens start
             context_ids[i, context_width - len(ctx):] = torch.tensor(ctx)
             context_mask[i, context_width - len(ctx):] = 1
-    position_ids = torch.tensor(cuts)[:, None] + torch.arange(width)[None, :]
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
-    live = TeacherForcedBatch(input_ids.to(device), live_mask.to(device), as_long(rows), as_long(positions),
-                              as_long(target_tokens), as_long(owners), as_long(last))
+    cuts = torch.tensor([len(ctx) for ctx in context_rows])
+    position_ids = cuts[:, None] + torch.arange(live.input_ids.shape[1])[None, :]
     return FrozenContextBatch(live, context_ids.to(device), context_mask.to(device), position_ids.to(device))

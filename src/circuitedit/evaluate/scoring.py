@@ -94,12 +94,18 @@ class TeacherForcedBatch:
 def build_batch(
     tokenizer, prompts: Sequence[str], targets: Sequence[str], device: torch.device | str = "cpu"
 ) -> TeacherForcedBatch:
+    pairs = [prompt_and_target_ids(tokenizer, p, t) for p, t in zip(prompts, targets, strict=True)]
+    return batch_from_ids(pairs, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, device)
+
+
+def batch_from_ids(
+    pairs: Sequence[tuple[list[int], list[int]]], pad: int, device: torch.device | str = "cpu"
+) -> TeacherForcedBatch:
+    """The right-padded batch of (prompt ids, target ids) pairs."""
     rows_ids: list[list[int]] = []
     rows, positions, target_tokens, owners, last = [], [], [], [], []
-    for i, (prompt, target) in enumerate(zip(prompts, targets, strict=True)):
-        p_ids, t_ids = prompt_and_target_ids(tokenizer, prompt, target)
-        seq = p_ids + t_ids
-        rows_ids.append(seq)
+    for i, (p_ids, t_ids) in enumerate(pairs):
+        rows_ids.append(list(p_ids) + list(t_ids))
         for j, tok in enumerate(t_ids):
             rows.append(i)
             positions.append(len(p_ids) - 1 + j)
@@ -107,7 +113,6 @@ def build_batch(
             owners.append(i)
         last.append(len(p_ids) - 1)
     width = max(len(r) for r in rows_ids)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     input_ids = torch.full((len(rows_ids), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows_ids), width), dtype=torch.long)
     for i, seq in enumerate(rows_ids):
