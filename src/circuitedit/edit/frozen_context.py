@@ -70,8 +70,8 @@ class FrozenContextBatch:
 
 def fresh_copy(cache):
     """A cache the forward may append to while `cache` stays as it is. Cache layers (transformers
-    5) rebind their key and value tensors on update, so copying the layer objects is enough; a
-    deep copy costs ~15 ms a layer."""
+    5) rebind their key and value tensors on update, so copying the layer objects is enough and
+    the tensors are shared; older caches, whose lists are updated in place, are deep-copied."""
     layers = getattr(cache, "layers", None)
     if layers is None:
         return copy.deepcopy(cache)
