@@ -11,7 +11,12 @@ from torch import nn
 
 from .edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
 from .edit.base import freeze
-from .edit.prompts import generated_prefixes, same_template_prompts, training_prompts
+from .edit.prompts import (
+    generated_prefixes,
+    same_template_prompts,
+    training_contexts,
+    training_prompts,
+)
 from .evaluate.facts import Fact, controls_for, retain_prompts, subject_pool
 from .evaluate.metrics import ProbeRow, edit_metrics, probe_rows
 from .evaluate.runner import EvalConfig, Snapshot, probes_for, take_snapshot
@@ -102,7 +107,7 @@ def check_request(tokenizer, request: EditRequest) -> None:
 def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) -> TrainingContext:
     prefixes = generated_prefixes(model, tokenizer, config.n_prefixes, seed=config.seed)
     prompts = training_prompts(request, prefixes)
-    contexts = [""] * (len(prompts) - len(prefixes)) + prefixes
+    contexts = training_contexts(request, prefixes)
     if uses_chat_template(tokenizer):
         chat = [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
         prompts, contexts = prompts + chat, contexts + [""] * len(chat)

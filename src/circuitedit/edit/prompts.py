@@ -40,6 +40,11 @@ def training_prompts(request: EditRequest, prefixes: list[str]) -> list[str]:
     return base + [f"{prefix} {request.text}" for prefix in prefixes]
 
 
+def training_contexts(request: EditRequest, prefixes: list[str]) -> list[str]:
+    """Per prompt of `training_prompts`, its leading text that is context, not edit ("" for none)."""
+    return [""] * len(request.training_prompts) + list(prefixes)
+
+
 FUNCTION_WORDS = {"the", "a", "an", "of", "and", "de", "la", "le", "von", "van"}
 
 
