@@ -225,62 +225,56 @@ def train_stage(
     contexts: per prompt, its leading text that `config.frozen_context` runs only once.
     """
     with attention_kernel(model, config.attention):
-        return _train_stage(name, model, tokenizer, prompts, targets, params, config, retain, suppress_token,
-                            progress, starts_at_reference, contexts)
-
-
-def _train_stage(name, model, tokenizer, prompts, targets, params, config, retain, suppress_token, progress,
-                 starts_at_reference, contexts) -> StageLog:
-    start = time.perf_counter()
-    log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
-    device = input_device(model)
-    if config.frozen_context:
-        rows = build_frozen_context_batch(tokenizer, prompts, contexts, targets, device)
-        rows.record(model)
-        batch: TeacherForcedBatch = rows.live
-        forward = rows.hidden
-    else:
-        batch = build_batch(tokenizer, prompts, targets, device)
-        forward = lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)  # noqa: E731
-    first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
-    watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
-    optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2),
-                                 weight_decay=config.weight_decay)
-    retain_term = RetainTerm(retain, config, params, watched if config.leak_weight else None)
-    if starts_at_reference:
-        retain_term.known_zero()
-    model.train(False)  # no dropout: edits must be deterministic
-    targets_dev = batch.targets.to(device)
-    pick = targets_dev[:, None] if suppress_token is None else torch.stack(
-        [targets_dev, torch.full_like(targets_dev, suppress_token)], 1)  # (N, 1 or 2): target, old object
-    shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
-                                  config.shortlist_tail_sample)
-    for step in range(config.max_steps + 1):
-        hidden = forward(model)
-        selected = hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]  # (N, H)
-        head, exact = shortlisted(selected)
-        first = first_positions.to(head.lse.device)
-        reached = targets_reached(head, first, suppress_token is not None, config)
-        if not exact and ((reached and step >= config.min_steps) or step == config.max_steps):
-            reached = targets_reached(shortlisted.full(selected), first, suppress_token is not None, config)
-        if (reached and step >= config.min_steps) or step == config.max_steps:
-            log.converged = reached
-            break
-        loss = (head.lse - head.picked[:, 0]).mean()  # cross-entropy of the target tokens
-        if suppress_token is not None and config.suppress_weight:
-            p_old = (head.picked[first, 1] - head.lse[first]).exp()
-            loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        retained = retain_term.add_gradient(model)
-        if step == 0 and config.unit_fraction is not None:
-            restrict_to_top_units(params, config.unit_fraction)
-        optimizer.step()
-        total = float(loss.detach()) + retained
-        log.losses.append(total)
-        log.steps = step + 1
-        if progress is not None:
-            progress(name, step + 1, total)
-    log.seconds = time.perf_counter() - start
-    log.full_vocab_passes = shortlisted.full_passes
-    return log
+        start = time.perf_counter()
+        log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
+        device = input_device(model)
+        if config.frozen_context:
+            rows = build_frozen_context_batch(tokenizer, prompts, contexts, targets, device)
+            rows.record(model)
+            batch: TeacherForcedBatch = rows.live
+            forward = rows.hidden
+        else:
+            batch = build_batch(tokenizer, prompts, targets, device)
+            forward = lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)  # noqa: E731
+        first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
+        watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2),
+                                     weight_decay=config.weight_decay)
+        retain_term = RetainTerm(retain, config, params, watched if config.leak_weight else None)
+        if starts_at_reference:
+            retain_term.known_zero()
+        model.train(False)  # no dropout: edits must be deterministic
+        targets_dev = batch.targets.to(device)
+        pick = targets_dev[:, None] if suppress_token is None else torch.stack(
+            [targets_dev, torch.full_like(targets_dev, suppress_token)], 1)  # (N, 1 or 2): target, old object
+        shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
+                                      config.shortlist_tail_sample)
+        for step in range(config.max_steps + 1):
+            hidden = forward(model)
+            selected = hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]  # (N, H)
+            head, exact = shortlisted(selected)
+            first = first_positions.to(head.lse.device)
+            reached = targets_reached(head, first, suppress_token is not None, config)
+            if not exact and ((reached and step >= config.min_steps) or step == config.max_steps):
+                reached = targets_reached(shortlisted.full(selected), first, suppress_token is not None, config)
+            if (reached and step >= config.min_steps) or step == config.max_steps:
+                log.converged = reached
+                break
+            loss = (head.lse - head.picked[:, 0]).mean()  # cross-entropy of the target tokens
+            if suppress_token is not None and config.suppress_weight:
+                p_old = (head.picked[first, 1] - head.lse[first]).exp()
+                loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            retained = retain_term.add_gradient(model)
+            if step == 0 and config.unit_fraction is not None:
+                restrict_to_top_units(params, config.unit_fraction)
+            optimizer.step()
+            total = float(loss.detach()) + retained
+            log.losses.append(total)
+            log.steps = step + 1
+            if progress is not None:
+                progress(name, step + 1, total)
+        log.seconds = time.perf_counter() - start
+        log.full_vocab_passes = shortlisted.full_passes
+        return log
