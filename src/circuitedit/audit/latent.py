@@ -29,6 +29,7 @@ from ..evaluate.scoring import (
     encode_text,
     input_device,
     logits_from_hidden,
+    padding_id,
     prompt_and_target_ids,
 )
 
@@ -71,7 +72,7 @@ def layer_states(model: nn.Module, tokenizer, facts: Sequence[ProbeFact], batch_
     device = input_device(model)
     norm = final_norm(model)
     out: dict[str, list[torch.Tensor]] = {p: [] for p in POSITIONS}
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = padding_id(tokenizer)
     for start in range(0, len(facts), batch_size):
         chunk = facts[start:start + batch_size]
         ids = [encode_text(tokenizer, f.prompt) for f in chunk]

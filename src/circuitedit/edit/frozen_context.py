@@ -23,6 +23,7 @@ from ..evaluate.scoring import (
     cache_keyword,
     encode_text,
     hidden_states,
+    padding_id,
     prompt_and_target_ids,
 )
 
@@ -96,7 +97,7 @@ def build_frozen_context_batch(
         cut = min(_common_prefix(encode_text(tokenizer, context), p_ids + t_ids), len(p_ids) - 1)
         context_rows.append(p_ids[:cut])
         live_pairs.append((p_ids[cut:], t_ids))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = padding_id(tokenizer)
     live = batch_from_ids(live_pairs, pad, device)
     context_width = max(map(len, context_rows))
     context_ids = torch.full((len(context_rows), context_width), pad, dtype=torch.long)

@@ -8,7 +8,12 @@ from collections.abc import Sequence
 import torch
 
 from ..evaluate.head_reductions import head_reductions
-from ..evaluate.scoring import input_device, iter_last_token_hidden, prompt_and_target_ids
+from ..evaluate.scoring import (
+    input_device,
+    iter_last_token_hidden,
+    padding_id,
+    prompt_and_target_ids,
+)
 from ..requests import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
@@ -26,7 +31,7 @@ def generated_prefixes(model, tokenizer, count: int, length: int = 8, seed: int 
         torch.manual_seed(seed)
         ids = [tokenizer(s)["input_ids"] for s in seeds]
         width = max(map(len, ids))
-        pad = tokenizer.pad_token_id or 0
+        pad = padding_id(tokenizer)
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=length,

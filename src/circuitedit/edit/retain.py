@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from ..evaluate.head_reductions import Shortlist, TailEstimate, head_reductions
-from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
+from ..evaluate.scoring import (
+    encode_text,
+    hidden_states,
+    input_device,
+    logits_from_hidden,
+    padding_id,
+)
 
 # What one more forward pass costs, in padded tokens: measured on 2 CPU cores (Gemma-3-270M,
 # bf16) a forward+backward costs ~1.7 ms a token and ~50 ms a pass (per-op dispatch, weights read).
@@ -83,7 +89,7 @@ class RetainSet:
         ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
         device = input_device(model)
         width = max(map(len, ids))
-        pad = tokenizer.pad_token_id or 0
+        pad = padding_id(tokenizer)
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
         last = torch.tensor([len(r) - 1 for r in ids], device=device)

@@ -91,11 +91,16 @@ class TeacherForcedBatch:
     last_positions: torch.Tensor  # (B,) last prompt token of each row (before the target)
 
 
+def padding_id(tokenizer) -> int:
+    """The id that pads a batch (attention-masked, so any id works): the tokenizer's, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
 def build_batch(
     tokenizer, prompts: Sequence[str], targets: Sequence[str], device: torch.device | str = "cpu"
 ) -> TeacherForcedBatch:
     pairs = [prompt_and_target_ids(tokenizer, p, t) for p, t in zip(prompts, targets, strict=True)]
-    return batch_from_ids(pairs, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0, device)
+    return batch_from_ids(pairs, padding_id(tokenizer), device)
 
 
 def batch_from_ids(
@@ -181,7 +186,7 @@ def iter_last_token_hidden(
     device = input_device(model)
     encoded = [encode_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    pad = tokenizer.pad_token_id or 0
+    pad = padding_id(tokenizer)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         ids = [encoded[i] for i in indices]
