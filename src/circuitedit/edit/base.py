@@ -22,7 +22,7 @@ from .training import StageConfig, StageLog
 class EditorConfig:
     unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0))
     # A larger learn margin generalises to more held-out paraphrases, at more steps. On 8 dev
-    # edits (README): margin 2 / 4 / 5 / 6 gives paraphrase accuracy 0.50 / 0.66 / 0.69 / 0.75,
+    # edits (docs/tuning.md): margin 2 / 4 / 5 / 6 gives paraphrase accuracy 0.50 / 0.66 / 0.69 / 0.75,
     # 25 / 30 / 35 / 45 steps; 6 also loses neighbourhood accuracy (0.78 -> 0.70).
     learn: StageConfig = field(default_factory=lambda: StageConfig(margin=5.0))
     uncertainty: str = "I am not sure."  # may use {subject}, e.g. "I am not sure where {subject} is."
@@ -32,7 +32,7 @@ class EditorConfig:
     n_template_neighbours: int = 8  # other subjects in the edit template, kept by the KL term
     # Made-up siblings of the subject ("Ferrari Tower" for "Ferrari Mondial") also kept by the KL
     # term. Off by default: on 8 dev edits they cost 30% more steps and one forget failure
-    # without lifting neighbourhood accuracy (README, "Measured results").
+    # without lifting neighbourhood accuracy (docs/tuning.md).
     n_sibling_neighbours: int = 0
     seed: int = 0
 

@@ -40,13 +40,13 @@ class StageConfig:
     # (hinge on current - original): the KL term barely notices P(new) going from 1e-4 to 1e-2
     # on a neighbour, yet that is what lets the new object overtake a neighbour's true answer.
     # Off by default: on 8 dev edits weight 1 lifts CounterFact neighbourhood specificity 0.72 ->
-    # 0.85 but lowers held-out paraphrase accuracy 0.66 -> 0.53 (README, "Measured results").
+    # 0.85 but lowers held-out paraphrase accuracy 0.66 -> 0.53 (docs/tuning.md).
     leak_weight: float = 0.0
     suppress_weight: float = 1.0
     weight_decay: float = 0.0
     # Adam's moment decay rates. No momentum (beta1 0, i.e. RMSprop with bias correction): the
     # KL term pulls against the target and momentum carried the stage into oscillations of
-    # several steps. On the 22 dev edits (README; AMD EPYC, bf16), against (0.9, 0.999): 33.0
+    # several steps. On the 22 dev edits (docs/speed.md; AMD EPYC, bf16), against (0.9, 0.999): 33.0
     # steps against 40.5, F_control 0.983 vs 0.964, neighbourhood 0.855 vs 0.594, CounterFact
     # specificity 0.777 vs 0.573; held-out paraphrases 0.477 vs 0.523, forget 0.955 vs 0.970.
     beta1: float = 0.0
@@ -58,7 +58,7 @@ class StageConfig:
     # Rotating retain prompts per evaluation of the retain terms, taken in turn (the pinned
     # same-template neighbours are in every one), and how often those terms are evaluated: every
     # `retain_every` steps, their gradient extrapolated in between (RetainTerm). Their forward
-    # and backward is most of a step. On 22 dev edits (README; AMD machine), 8 prompts every 2 steps against
+    # and backward is most of a step. On 22 dev edits (docs/tuning.md; AMD machine), 8 prompts every 2 steps against
     # 16 every step: 40.7 steps against 35.8, each far cheaper; held-out paraphrases 0.55 vs 0.52,
     # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
     retain_batch: int = 8
@@ -75,7 +75,7 @@ class StageConfig:
     # tokens (FrozenContextBatch).
     frozen_context: bool = True
     # The attention kernel while the stage trains (any `attn_implementation` transformers knows;
-    # None keeps the model's), restored afterwards. "eager" on the 22 dev edits (README; Xeon
+    # None keeps the model's), restored afterwards. "eager" on the 22 dev edits (docs/speed.md; Xeon
     # with AMX, bf16) against SDPA, whose CPU backward is ~10x its forward: 0.93x the time (0.90x
     # a step, 1 step more), F_control 0.983 vs 0.979, but forget 0.955 vs 0.970 (one prompt of
     # Suzuki Carry): not the default.

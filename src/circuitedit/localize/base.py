@@ -18,7 +18,7 @@ class LocalizeConfig:
     # 2024): an IA3 vector on an MLP's hidden units only acts where those units fire, so it can
     # be specific to a subject, while a scaled head output moves every prompt that head reads.
     # Measured on 8 dev edits: F_control 0.964 vs 0.92 and neighbourhood 0.78 vs 0.56 for
-    # "both"/"all" (README). Heads and last-token effects stay selectable.
+    # "both"/"all" (docs/tuning.md). Heads and last-token effects stay selectable.
     kinds: str = "mlps"  # "heads", "mlps" or "both"
     positions: str = "subject"  # rank by the effect at "subject" tokens, the "last" token, or "all"
     max_layer_fraction: float = 1.0  # only components in the first this-share of layers
