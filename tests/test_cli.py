@@ -83,6 +83,42 @@ def test_bad_config_file(saved_tiny, tmp_path, capsys):
     _assert_user_error(argv, capsys, out, "config:", "max_stepz")
 
 
+@pytest.mark.parametrize(
+    ("name", "text", "expected"),
+    [
+        ("config.json", "{not json", ("config.json: invalid JSON at line 1",)),
+        ("config.yaml", "localize: {top_k: [", ("config.yaml: invalid YAML",)),
+        ("missing.json", None, ("missing.json: no such file",)),
+        ("config.json", json.dumps({"editor": {"learn": {"lr": -1}}}), ("editor.learn.lr: must be positive",)),
+        ("config.json", json.dumps({"localize": {"kinds": "neurons"}}), ("localize.kinds:", "'neurons'")),
+        ("config.json", json.dumps({"method": "rome"}), ("unknown method 'rome'",)),
+        ("config.json", json.dumps({"localize": {"method": "psychic"}}), ("psychic",)),
+    ],
+)
+def test_unreadable_or_invalid_config_names_the_file_or_field(saved_tiny, tmp_path, capsys, name, text, expected):
+    config = tmp_path / name
+    if text is not None:
+        config.write_text(text)
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--out", str(out)]
+    _assert_user_error(argv, capsys, out, *expected)
+
+
+def test_top_k_zero_fails_before_any_work(saved_tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--top-k", "0", "--model", str(saved_tiny), "--out", str(out)]
+    _assert_user_error(argv, capsys, out, "localize.top_k: must be at least 1, got 0")
+
+
+def test_a_selection_of_no_components_fails_with_its_reason(saved_tiny, tmp_path, capsys):
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"localize": {"max_layer_fraction": 0.1}}))  # 2 layers: none below layer 0
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--dtype", "fp32",
+            "--device", "cpu", "--out", str(out)]
+    _assert_user_error(argv, capsys, out, "no components to edit", "max_layer_fraction 0.1")
+
+
 def test_unsupported_architecture(neox_dir, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["edit", *EIFFEL_ARGS, "--model", str(neox_dir), "--dtype", "fp32", "--device", "cpu", "--out", str(out)]

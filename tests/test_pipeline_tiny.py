@@ -128,6 +128,30 @@ def test_edit_config_round_trip():
         EditConfig.from_dict({"localise": {"top_k": 2}})
 
 
+def test_the_default_config_is_valid():
+    EditConfig().validate()
+    small_config().validate()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: setattr(c.localize, "top_k", 0), "localize.top_k"),
+        (lambda c: setattr(c.localize, "fraction", 1.5), "localize.fraction"),
+        (lambda c: setattr(c.editor.unlearn, "max_steps", 0), "editor.unlearn.max_steps"),
+        (lambda c: setattr(c.editor.learn, "min_steps", 99), "editor.learn.min_steps"),
+        (lambda c: setattr(c.editor.learn, "kl_weight", -1.0), "editor.learn.kl_weight"),
+        (lambda c: setattr(c.editor.unlearn, "beta2", 1.0), "beta1 and beta2"),
+        (lambda c: setattr(c.evaluate, "max_new_tokens", 0), "evaluate:"),
+    ],
+)
+def test_edit_rejects_an_invalid_config_before_touching_the_model(change, expected):
+    config = small_config()
+    change(config)
+    with pytest.raises(ValueError, match=expected):
+        edit(None, None, EditRequest(**REQUEST), config)  # fails before the model or tokenizer is read
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_editor_changes_only_selected_components(family):
     """One unlearn and one learn step on every family: fused (phi3) and Conv1D (gpt2) included."""

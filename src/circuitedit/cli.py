@@ -46,19 +46,33 @@ def add_edit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
 
+def read_config_file(path: Path) -> dict:
+    """The mapping saved in a JSON or YAML (.yaml/.yml) config file; errors name the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--config {path}: cannot read it ({exc})") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--config {path}: invalid YAML ({' '.join(str(exc).split())})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config {path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+
+
 def build_config(args):
     from .pipeline import EditConfig
 
     config = EditConfig()
     if args.config:
-        text = args.config.read_text(encoding="utf-8")
-        if args.config.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-        config = EditConfig.from_dict(data)
+        config = EditConfig.from_dict(read_config_file(args.config))
     if args.top_k is not None:
         config.localize.top_k = args.top_k
     if args.kinds:
@@ -71,6 +85,7 @@ def build_config(args):
         config.localize.seed = config.editor.seed = args.seed
     if args.keep_adapter:
         config.editor.merge_learned = False
+    config.validate()  # a bad value fails here, before the model loads
     return config
 
 

@@ -27,7 +27,7 @@ from .evaluate.scoring import (
     render_prompt,
     uses_chat_template,
 )
-from .localize import LocalizationResult, LocalizeConfig, localize
+from .localize import LocalizationResult, LocalizeConfig, get_localizer, localize
 from .models.arch import get_adapter
 from .models.components import Component
 from .requests import EditRequest
@@ -42,6 +42,18 @@ class EditConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the first field that cannot work, before any model work."""
+        get_editor(self.method)
+        get_localizer(self.localize.method)
+        self.localize.validate()
+        self.editor.unlearn.validate("unlearn")
+        self.editor.learn.validate("learn")
+        if self.editor.n_prefixes < 0 or self.editor.n_template_neighbours < 0 or self.editor.n_sibling_neighbours < 0:
+            raise ValueError("editor: n_prefixes, n_template_neighbours and n_sibling_neighbours must not be negative")
+        if self.evaluate.max_new_tokens < 1 or self.evaluate.chat_max_new_tokens < 1 or self.evaluate.batch_size < 1:
+            raise ValueError("evaluate: max_new_tokens, chat_max_new_tokens and batch_size must be at least 1")
 
     @classmethod
     def from_dict(cls, data: dict) -> EditConfig:
@@ -135,6 +147,7 @@ def edit(
     facts on the unedited model, reused across many edits of the same model.
     """
     config = config or EditConfig()
+    config.validate()
     timings: dict[str, float] = {}
     start = time.perf_counter()
     check_request(tokenizer, request)
@@ -157,6 +170,10 @@ def edit(
     if components is None:
         localization = localize(model, tokenizer, request, config.localize)
         components = localization.select_by(config.localize, get_adapter(model).num_layers(model))
+        if not components and getattr(get_editor(config.method), "uses_localization", True):
+            raise ValueError(f"no components to edit: {config.localize.method} localization selected none "
+                             f"(localize.kinds {config.localize.kinds!r}, max_layer_fraction "
+                             f"{config.localize.max_layer_fraction:g}, fraction {config.localize.fraction})")
     timings["localize_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()

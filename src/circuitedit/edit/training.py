@@ -81,6 +81,25 @@ class StageConfig:
     # Suzuki Carry): not the default.
     attention: str | None = None
 
+    def validate(self, stage: str) -> None:
+        """Raise a ValueError naming the first field (as `editor.STAGE.FIELD`) that cannot train."""
+        positive = {"lr": self.lr, "max_steps": self.max_steps, "retain_batch": self.retain_batch,
+                    "retain_every": self.retain_every, "full_vocab_every": self.full_vocab_every}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"editor.{stage}.{name}: must be positive, got {value}")
+        if not 0 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"editor.{stage}.min_steps: must be in [0, max_steps], got {self.min_steps}")
+        for name in ("margin", "old_gap", "kl_weight", "leak_weight", "suppress_weight", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"editor.{stage}.{name}: must not be negative, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"editor.{stage}: beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.unit_fraction is not None and not 0 < self.unit_fraction <= 1:
+            raise ValueError(f"editor.{stage}.unit_fraction: must be in (0, 1], got {self.unit_fraction}")
+        if self.shortlist_top_k is not None and self.shortlist_top_k < 1:
+            raise ValueError(f"editor.{stage}.shortlist_top_k: must be at least 1 or null, got {self.shortlist_top_k}")
+
 
 @dataclass
 class StageLog:

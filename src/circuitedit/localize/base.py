@@ -27,6 +27,19 @@ class LocalizeConfig:
     use_paraphrases: bool = True  # aggregate scores over the edit prompt and its paraphrases
     seed: int = 0
 
+    def validate(self) -> None:
+        """Raise a ValueError naming the first field whose value cannot select components."""
+        if self.top_k < 1:
+            raise ValueError(f"localize.top_k: must be at least 1, got {self.top_k}")
+        if self.kinds not in ("heads", "mlps", "both"):
+            raise ValueError(f"localize.kinds: expected heads, mlps or both, got {self.kinds!r}")
+        if self.positions not in ("subject", "last", "all"):
+            raise ValueError(f"localize.positions: expected subject, last or all, got {self.positions!r}")
+        if not 0 < self.max_layer_fraction <= 1:
+            raise ValueError(f"localize.max_layer_fraction: must be in (0, 1], got {self.max_layer_fraction}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ValueError(f"localize.fraction: must be in (0, 1], got {self.fraction}")
+
 
 @dataclass
 class ComponentScore:
