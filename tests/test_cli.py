@@ -142,3 +142,54 @@ def test_ask_answers_with_a_tiny_model(saved_tiny, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [row["prompt"] for row in lines] == ["The Eiffel Tower is located in", "Paris is"]
     assert all(isinstance(row["continuation"], str) for row in lines)
+
+
+SMALL_CONFIG = {"localize": {"top_k": 2, "kinds": "both", "positions": "all"},
+                "editor": {"unlearn": {"max_steps": 2}, "learn": {"max_steps": 2}, "n_prefixes": 1,
+                           "n_template_neighbours": 2},
+                "evaluate": {"max_new_tokens": 2}}
+
+
+@pytest.mark.parametrize("command", ["edit", "localize"])
+@pytest.mark.parametrize("kind", ["file", "directory"])
+def test_an_existing_path_that_is_not_an_earlier_output_is_refused_untouched(saved_tiny, tmp_path, capsys,
+                                                                             command, kind):
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("keep")
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("keep")
+    args = EIFFEL_ARGS[:6] if command == "localize" else EIFFEL_ARGS  # localize takes no --new
+    code = main([command, *args, "--model", str(saved_tiny), "--device", "cpu", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert ("exists and is not a directory" if kind == "file" else "non-empty directory without") in err[0]
+    assert (out if kind == "file" else out / "notes.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or backup left beside it
+
+
+def test_an_earlier_output_is_replaced_by_a_new_edit(saved_tiny, tmp_path, capsys):
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL_CONFIG))
+    out = tmp_path / "runs" / "eiffel"
+    argv = ["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--dtype", "fp32",
+            "--device", "cpu", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    first = json.loads((out / "edit.json").read_text())
+    (out / "stale.txt").write_text("from the first run")
+    assert main(_replace(argv, "--new", "London")) == 0
+    capsys.readouterr()
+    second = json.loads((out / "edit.json").read_text())
+    assert first["request"]["new_object"] == "Rome" and second["request"]["new_object"] == "London"
+    assert not (out / "stale.txt").exists()  # the whole directory was swapped, not merged
+    assert sorted(p.name for p in out.parent.iterdir()) == ["eiffel"]
+
+
+def test_audit_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "audit.txt"
+    out.write_text("keep")
+    assert main(["audit", "--edit", str(tmp_path / "an-edit"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exists and is not a directory" in err[0], err
+    assert out.read_text() == "keep"

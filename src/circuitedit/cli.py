@@ -108,22 +108,26 @@ def run_edits(args, requests, console: Console) -> int:
     from .evaluate.runner import control_snapshot
     from .models import load_model
     from .pipeline import edit
-    from .report import print_edit, write_edit_outputs
+    from .report import EDIT_FILE, check_output_target, print_edit, write_edit_outputs
 
     config = build_config(args)
+    targets = [None] * len(requests)
+    if args.out:
+        targets = [args.out] if len(requests) == 1 else [args.out / f"edit-{i:03d}" for i in range(len(requests))]
+        for target in targets:  # before the model loads, not after the first edits
+            check_output_target(target, EDIT_FILE)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     # Every edit starts from the same unedited model: its control answers are taken once.
     baseline = (control_snapshot(loaded.model, loaded.tokenizer, requests[0], control_facts(), config.evaluate)
                 if len(requests) > 1 else None)
     outputs = []
-    for index, request in enumerate(requests):
+    for request, target in zip(requests, targets, strict=True):
         result = edit(loaded.model, loaded.tokenizer, request, config, control_baseline=baseline)
         data = result.to_dict()
         data["model"] = loaded.name
-        if args.out:
-            target = args.out if len(requests) == 1 else args.out / f"edit-{index:03d}"
+        if target is not None:
             write_edit_outputs(result, target, loaded.tokenizer, args.save_model,
-                               extra=lambda tmp: _add_model_name(tmp / "edit.json", loaded.name))
+                               extra=lambda tmp: _add_model_name(tmp / EDIT_FILE, loaded.name))
             data["out"] = str(target)
         outputs.append(data)
         if not args.json:
@@ -189,7 +193,7 @@ def cmd_localize(args, console: Console) -> int:
     from .models import load_model
     from .models.arch import get_adapter
     from .plots import causal_trace_figure, localization_heatmap
-    from .report import atomic_directory, write_json
+    from .report import LOCALIZATION_FILE, atomic_directory, check_output_target, write_json
     from .requests import EditRequest
 
     missing = [flag for flag, value in (("--subject", args.subject), ("--prompt", args.prompt),
@@ -203,8 +207,8 @@ def cmd_localize(args, console: Console) -> int:
         raise ValueError("--fraction must be in (0, 1]")
     request = EditRequest(subject=args.subject, prompt=args.prompt, old_object=args.old,
                           new_object=UNUSED_NEW_OBJECT, paraphrases=args.paraphrase or [])
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a directory")
+    if args.out is not None:
+        check_output_target(args.out, LOCALIZATION_FILE)
     config = LocalizeConfig(method=args.localizer, top_k=args.top_k, kinds=args.kinds,
                             fraction=args.fraction, seed=args.seed)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
@@ -221,8 +225,8 @@ def cmd_localize(args, console: Console) -> int:
         "selected": [c.name for c in selected], "ranked": rows, "localization": result.to_dict(),
     }
     if args.out is not None:
-        with atomic_directory(args.out) as tmp:
-            write_json(tmp / "localization.json", data)
+        with atomic_directory(args.out, marker=LOCALIZATION_FILE) as tmp:
+            write_json(tmp / LOCALIZATION_FILE, data)
             title = f"{config.method}: {request.text} -> {request.old_object}  [{loaded.name}]"
             localization_heatmap(result, tmp / "heatmap.png", num_layers=data["num_layers"],
                                  num_heads=data["num_heads"], selected=selected, title=title)
@@ -292,6 +296,9 @@ def cmd_audit(args, console: Console) -> int:
 
     from .audit import AuditConfig, audit_edit, load_edit, write_audit
 
+    out = args.out or args.edit
+    if out.exists() and not out.is_dir():  # before the models load and the audit runs
+        raise ValueError(f"--out {out} exists and is not a directory")
     start = time.perf_counter()
     base, tokenizer, request, stage1, stage2, meta = load_edit(args.edit, args.model, args.dtype, args.device)
     load_s = time.perf_counter() - start
@@ -300,7 +307,6 @@ def cmd_audit(args, console: Console) -> int:
         config.relearn_steps = args.relearn_steps
     report = audit_edit(base, tokenizer, request, stage1, stage2, config, model_name=meta["model"])
     report.timings["load_s"] = round(load_s, 2)
-    out = args.out or args.edit
     json_path, md_path = write_audit(report, out)
     if args.json:
         print(json.dumps(report.to_dict(), default=str))

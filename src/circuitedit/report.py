@@ -13,6 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+# The file every output directory of its kind holds: an existing --out without it is refused.
+EDIT_FILE = "edit.json"
+LOCALIZATION_FILE = "localization.json"
+
 METRIC_LABELS = {
     "new_fact_accuracy": "new-fact accuracy (edit prompt)",
     "paraphrase_accuracy": "new-fact accuracy (held-out paraphrases)",
@@ -78,10 +82,30 @@ def print_edit(result_dict: dict, console: Console | None = None) -> None:
     console.print(metrics_table(result_dict["metrics"], result_dict["timings"]))
 
 
-@contextmanager
-def atomic_directory(target: Path):
-    """Yield a temporary directory beside `target`; it replaces `target` only on success."""
+def check_output_target(target: Path, marker: str) -> None:
+    """Refuse an output path that holds anything but an earlier output of this kind (a directory
+    with `marker` in it) or nothing: the atomic swap replaces the whole directory."""
     target = Path(target)
+    if target.parent.exists() and not target.parent.is_dir():
+        raise ValueError(f"output path {target}: {target.parent} is not a directory")
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ValueError(f"output path {target} exists and is not a directory")
+    if any(target.iterdir()) and not (target / marker).is_file():
+        raise ValueError(f"output path {target} is a non-empty directory without {marker}, not an earlier "
+                         "output; it would be replaced, so choose a new path")
+
+
+@contextmanager
+def atomic_directory(target: Path, marker: str | None = None):
+    """Yield a temporary directory beside `target`; it replaces `target` only on success.
+
+    marker: a file every output of this kind has; an existing `target` without it is refused
+    (check_output_target), never replaced."""
+    target = Path(target)
+    if marker is not None:
+        check_output_target(target, marker)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -98,6 +122,13 @@ def atomic_directory(target: Path):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
@@ -105,8 +136,8 @@ def write_json(path: Path, data: dict) -> None:
 def write_edit_outputs(result, out_dir: Path, tokenizer, save_model: bool = False,
                        extra: Callable[[Path], None] | None = None) -> Path:
     """edit.json, both adapters in PEFT format and (optionally) the edited model, atomically."""
-    with atomic_directory(out_dir) as tmp:
-        write_json(tmp / "edit.json", result.to_dict())
+    with atomic_directory(out_dir, marker=EDIT_FILE) as tmp:
+        write_json(tmp / EDIT_FILE, result.to_dict())
         for artifact in result.outcome.adapters:
             artifact.save(tmp / "adapters" / artifact.name)
         if save_model:

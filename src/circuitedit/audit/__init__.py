@@ -19,6 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from ..evaluate.facts import Fact
+from ..report import EDIT_FILE, write_text_atomic
 from ..requests import EditRequest
 from .access import access_report
 from .data import known_facts, pool_facts, same_relation_facts
@@ -152,7 +153,7 @@ def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto
     from ..models import load_model
 
     edit_dir = Path(edit_dir)
-    meta_path = edit_dir / "edit.json"
+    meta_path = edit_dir / EDIT_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} not found (is {edit_dir} an `edit --out` directory?)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -196,6 +197,6 @@ def write_audit(report: AuditReport, out_dir: Path | str) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "audit.json", out_dir / "audit.md"
-    json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-    md_path.write_text(report.to_markdown(), encoding="utf-8")
+    write_text_atomic(json_path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    write_text_atomic(md_path, report.to_markdown())
     return json_path, md_path

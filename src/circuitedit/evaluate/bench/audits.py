@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ...report import write_text_atomic
 from ...requests import EditRequest
 from ..facts import Fact
-from .results import write_text_atomic
 
 REACH_KEYS = {"logit lens": "reach_logit_lens", "linear probe": "reach_linear_probe",
               "indirect prompts": "reach_indirect_prompts", "formats": "reach_formats", "relearning": "reach_relearning"}

@@ -36,10 +36,3 @@ def append_result(path: Path, record: dict) -> None:
         handle.write(json.dumps(record, default=str) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -13,6 +13,7 @@ from ...localize import LOCALIZERS, localize
 from ...models.arch import get_adapter
 from ...models.components import Component
 from ...pipeline import EditConfig, edit
+from ...report import write_text_atomic
 from ..datasets import SPORTS, load_requests
 from ..facts import Fact, control_facts, controls_for
 from ..fluency import perplexity
@@ -23,7 +24,7 @@ from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
 from .measures import fact_measures
 from .plan import label_for, plan, random_components
 from .provenance import software
-from .results import append_result, read_results, write_text_atomic
+from .results import append_result, read_results
 from .selection import Selection, select_facts
 from .summary import summarize, write_summary
 

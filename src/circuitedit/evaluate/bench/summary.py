@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...report import write_text_atomic
 from .config import BenchConfig
 from .provenance import software_lines
-from .results import write_text_atomic
 from .selection import Selection
 
 # Rows of the summary table, in order (rates first, then costs).
