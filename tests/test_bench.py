@@ -184,6 +184,14 @@ def test_unknown_method_is_a_user_error(tmp_path, capsys):
     assert "unknown method 'nope'" in capsys.readouterr().err
 
 
+def test_an_output_path_that_is_a_file_is_a_user_error(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.write_text("keep")
+    assert main(["bench", "--data", str(FIXTURE), "--format", "jsonl", "--out", str(out)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert out.read_text() == "keep"
+
+
 def test_fluency_and_multiple_choice_helpers():
     from circuitedit.evaluate.bench import bootstrap_interval
     from circuitedit.evaluate.datasets import load_requests

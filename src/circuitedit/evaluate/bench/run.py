@@ -88,6 +88,8 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     requests = load_requests(config.data, config.fmt, config.seed)
     controls = _load_controls(config.controls)
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     meta = _check_resume(out, config, resume)
     results_path = out / "results.jsonl"
