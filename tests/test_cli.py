@@ -200,3 +200,74 @@ def test_a_device_this_machine_lacks_is_one_line(saved_tiny, capsys, device, exp
     assert main(["ask", "The Eiffel Tower is in", "--model", str(saved_tiny), "--device", device]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+def test_a_truncated_weights_file_is_one_line(saved_tiny, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_tiny, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert main(["ask", "The Eiffel Tower is in", "--model", str(broken), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot load model '{broken}'" in err[0], err
+
+
+def test_a_corrupt_model_cache_names_the_cache_to_delete(saved_tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from circuitedit.models import loading
+
+    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
+    cached = tmp_path / "models" / f"gemma3-270m-{loading._CACHE_VERSION}"
+    shutil.copytree(saved_tiny, cached)
+    (cached / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(loading.ModelLoadError, match=f"from its cache {cached} \\(delete that directory"):
+        loading.load_model(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_edit_dir(saved_tiny, tmp_path_factory):
+    """An `edit --out` directory of a short edit of the tiny model."""
+    root = tmp_path_factory.mktemp("tiny-edit")
+    config = root / "small.json"
+    config.write_text(json.dumps(SMALL_CONFIG))
+    out = root / "edit"
+    assert main(["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--dtype", "fp32",
+                 "--device", "cpu", "--out", str(out), "--json"]) == 0
+    return out
+
+
+def _corrupt_edit_json(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "expected"),
+    [
+        (lambda d: (d / "edit.json").write_text('{"request": '), ("edit.json: not valid JSON",)),
+        (lambda d: _corrupt_edit_json(d / "edit.json", lambda x: x.pop("request")), ("no 'request' object",)),
+        (lambda d: _corrupt_edit_json(d / "edit.json", lambda x: x["request"].update(old_object="")),
+         ("edit.json: request: old_object:",)),
+        (lambda d: (d / "adapters" / "learn" / "adapter_model.safetensors").write_bytes(b"x"),
+         ("adapters/learn: cannot load the adapter",)),
+        (lambda d: (d / "adapters" / "unlearn" / "adapter_config.json").unlink(), ("has no PEFT adapter",)),
+    ],
+)
+def test_a_corrupt_edit_directory_fails_the_audit_in_one_line(tiny_edit_dir, saved_tiny, tmp_path, capsys,
+                                                              corrupt, expected):
+    import shutil
+
+    broken = tmp_path / "edit"
+    shutil.copytree(tiny_edit_dir, broken)
+    corrupt(broken)
+    argv = ["audit", "--edit", str(broken), "--model", str(saved_tiny), "--device", "cpu", "--no-relearn"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("circuitedit: error: "), err
+    for text in expected:
+        assert text in err[0], err[0]
+    assert not (broken / "audit.json").exists()

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from safetensors import SafetensorError
 from torch import nn
 
 from ..evaluate.facts import Fact
@@ -140,7 +141,11 @@ def _merged(model: nn.Module, adapter_dir: Path) -> nn.Module:
 
     from ..edit.ia3 import merge_fp32
 
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
+    try:
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{adapter_dir}: cannot load the adapter ({first})") from exc
     return _frozen(merge_fp32(peft_model))
 
 
@@ -156,13 +161,21 @@ def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto
     meta_path = edit_dir / EDIT_FILE
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} not found (is {edit_dir} an `edit --out` directory?)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc}); a corrupt or truncated file?") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("request"), dict):
+        raise ValueError(f"{meta_path}: no 'request' object (not written by `edit --out`?)")
+    try:
+        request = EditRequest.from_dict(meta["request"])
+    except ValueError as exc:
+        raise ValueError(f"{meta_path}: request: {exc}") from None
     for stage in ("unlearn", "learn"):
         if not (edit_dir / "adapters" / stage / "adapter_config.json").exists():
             raise FileNotFoundError(f"{edit_dir / 'adapters' / stage} has no PEFT adapter "
                                     f"(audit needs an unlearn-then-learn edit)")
     loaded = load_model(model or meta.get("model"), dtype=dtype, device=device)
-    request = EditRequest.from_dict(meta["request"])
     stage1 = _merged(loaded.model, edit_dir / "adapters" / "unlearn")
     stage2 = _merged(stage1, edit_dir / "adapters" / "learn")
     return loaded.model, loaded.tokenizer, request, stage1, stage2, {**meta, "model": loaded.name}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from safetensors import SafetensorError
 
 from .arch import get_adapter
 
@@ -219,9 +220,10 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # RuntimeError: weights of the wrong shape
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {display!r}: {first}") from exc
+        where = f" from its cache {source} (delete that directory to convert it again)" if display in ALIASES else ""
+        raise ModelLoadError(f"cannot load model {display!r}{where}: {first}") from exc
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
