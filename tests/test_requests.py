@@ -141,6 +141,16 @@ def test_load_sports_is_seeded_and_never_keeps_the_old_sport():
     assert [r.new_object for r in again] == [r.new_object for r in requests]
 
 
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("ce_requests.jsonl", "jsonl"), ("ce_counterfact_simple.json", "counterfact"),
+     ("ce_counterfact_rome.json", "counterfact-rome"), ("ce_zsre.json", "zsre"), ("ce_sports.csv", "sports")],
+)
+def test_auto_format_loads_each_schema_as_its_own_loader_does(name, fmt):
+    assert load_requests(FIXTURES / name) == load_requests(FIXTURES / name, fmt)
+    assert load_requests(FIXTURES / name, "auto") == load_requests(FIXTURES / name, fmt)
+
+
 def _write(tmp_path: Path, name: str, text: str) -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")

@@ -94,7 +94,7 @@ def requests_from_args(args):
     from .requests import EditRequest
 
     if args.requests:
-        return load_requests(args.requests, "jsonl")
+        return load_requests(args.requests, args.format)
     missing = [flag for flag, value in (("--subject", args.subject), ("--prompt", args.prompt),
                                          ("--old", args.old), ("--new", args.new)) if not value]
     if missing:
@@ -329,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new", help="the object it should give")
     p.add_argument("--paraphrase", action="append", help="a phrasing used in training (repeatable)")
     p.add_argument("--test-paraphrase", action="append", help="a held-out phrasing, only measured (repeatable)")
-    p.add_argument("--requests", type=Path, help="JSON/JSONL file of edit requests")
+    p.add_argument("--requests", type=Path, help="a file of edit requests: ours (JSON/JSONL), CounterFact, zsRE, "
+                   "Sports Facts (CSV)")
+    p.add_argument("--format", default="auto", choices=["auto", "jsonl", "counterfact", "counterfact-rome", "zsre",
+                                                        "sports"],
+                   help="the --requests file's schema (default: detected from its fields)")
     add_edit_args(p)
     p.set_defaults(func=cmd_edit)
 

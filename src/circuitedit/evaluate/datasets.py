@@ -142,12 +142,27 @@ FORMATS: dict[str, Callable[[dict], EditRequest]] = {
 }
 
 
-def load_requests(path: str | Path, fmt: str = "jsonl", seed: int = 0) -> list[EditRequest]:
+def detect_format(path: Path, records: list) -> str:
+    """The schema of a file's records, from the fields of the first: ours (jsonl), CounterFact's
+    ROME or simplified schema, or zsRE."""
+    first = records[0] if records and isinstance(records[0], dict) else {}
+    if "requested_rewrite" in first:
+        return "counterfact-rome"
+    if "target_new" in first and "ground_truth" in first:
+        return "counterfact"
+    if "src" in first and "alt" in first:
+        return "zsre"
+    return "jsonl"
+
+
+def load_requests(path: str | Path, fmt: str = "auto", seed: int = 0) -> list[EditRequest]:
+    """fmt: "auto" (a .csv is Sports Facts, JSON records by their fields), "sports", or a FORMATS key."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such file")
-    if fmt == "sports":
+    if fmt == "sports" or (fmt == "auto" and path.suffix == ".csv"):
         return load_sports(path, seed)
-    if fmt not in FORMATS:
-        raise DatasetError(f"unknown format {fmt!r}; use one of {', '.join([*FORMATS, 'sports'])}")
-    return _convert(path, _read_json_records(path), FORMATS[fmt])
+    if fmt not in (*FORMATS, "auto"):
+        raise DatasetError(f"unknown format {fmt!r}; use one of {', '.join(['auto', *FORMATS, 'sports'])}")
+    records = _read_json_records(path)
+    return _convert(path, records, FORMATS[detect_format(path, records) if fmt == "auto" else fmt])
