@@ -271,3 +271,36 @@ def test_a_corrupt_edit_directory_fails_the_audit_in_one_line(tiny_edit_dir, sav
     for text in expected:
         assert text in err[0], err[0]
     assert not (broken / "audit.json").exists()
+
+
+@pytest.mark.parametrize("save_model", [False, True])
+def test_ask_answers_from_an_edit_directory_as_the_edit_measured(saved_tiny, tmp_path, capsys, save_model):
+    config = tmp_path / "small.json"
+    # a learn stage strong enough to change the tiny model's continuation, so base and edit differ
+    config.write_text(json.dumps({**SMALL_CONFIG, "editor": {**SMALL_CONFIG["editor"],
+                                                             "learn": {"max_steps": 30, "lr": 0.2}}}))
+    out = tmp_path / "edit"
+    argv = ["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--dtype", "fp32",
+            "--device", "cpu", "--out", str(out), "--json"]
+    assert main(argv + (["--save-model"] if save_model else [])) == 0
+    capsys.readouterr()
+    saved = json.loads((out / "edit.json").read_text())
+    row = next(r for r in saved["rows"] if r["kind"] == "edit")
+    expected = row["after"]
+    assert expected != row["before"]
+    prompt = saved["request"]["prompt"].replace("{}", saved["request"]["subject"])
+    assert main(["ask", prompt, "--edit", str(out), "--max-new-tokens", str(SMALL_CONFIG["evaluate"]["max_new_tokens"]),
+                 "--dtype", "fp32", "--device", "cpu", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["continuation"] == expected
+
+
+def test_ask_on_an_edit_directory_without_adapters_or_model_says_so(tiny_edit_dir, tmp_path, capsys):
+    import shutil
+
+    bare = tmp_path / "edit"
+    shutil.copytree(tiny_edit_dir, bare)
+    shutil.rmtree(bare / "adapters")
+    assert main(["ask", "x", "--edit", str(bare), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no adapters/ and no model/" in err[0], err

@@ -121,6 +121,31 @@ def test_outputs_are_peft_adapters_that_reproduce_the_edit(edited, outputs):
     assert torch.allclose(replayed, direct, atol=1e-5)
 
 
+@pytest.mark.parametrize("source", ["adapters", "saved model"])
+def test_load_edited_rebuilds_the_edited_model(edited, outputs, tmp_path, source):
+    import shutil
+
+    from circuitedit.saved_edit import load_edited
+
+    *_, result = edited
+    directory = tmp_path / "edit"
+    shutil.copytree(outputs, directory)
+    base_dir = tmp_path / "base"
+    pristine = tiny_model(FAMILY, SEED)
+    pristine[0].save_pretrained(base_dir)
+    pristine[1].save_pretrained(base_dir)
+    if source == "adapters":
+        shutil.rmtree(directory / "model")
+    model, _, meta = load_edited(directory, str(base_dir) if source == "adapters" else None, dtype="fp32",
+                                 device="cpu")
+    assert meta["request"]["subject"] == "Eiffel Tower"
+    ids = torch.tensor([[2, 216, 74, 225, 367, 388, 366, 504, 291, 416]])
+    with torch.no_grad():
+        rebuilt, direct, unedited = (m(input_ids=ids).logits for m in (model, result.model, pristine[0]))
+    assert torch.allclose(rebuilt, direct, atol=1e-5)
+    assert not torch.allclose(rebuilt, unedited, atol=1e-3)  # it is the edit, not the base model
+
+
 def test_edit_config_round_trip():
     config = small_config()
     assert EditConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -161,11 +161,16 @@ def cmd_demo(args, console: Console) -> int:
 def cmd_ask(args, console: Console) -> int:
     from .evaluate.scoring import CHAT, greedy_continuations, render_prompt, uses_chat_template
     from .models import load_model
+    from .saved_edit import load_edited
 
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    form = CHAT if (args.chat and uses_chat_template(loaded.tokenizer)) else "cloze"
-    prompts = [render_prompt(loaded.tokenizer, p, form) for p in args.prompt]
-    for prompt, text in zip(args.prompt, greedy_continuations(loaded.model, loaded.tokenizer, prompts, args.max_new_tokens), strict=True):
+    if args.edit:
+        model, tokenizer, _ = load_edited(args.edit, args.model, dtype=args.dtype, device=args.device)
+    else:
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+    form = CHAT if (args.chat and uses_chat_template(tokenizer)) else "cloze"
+    prompts = [render_prompt(tokenizer, p, form) for p in args.prompt]
+    answers = greedy_continuations(model, tokenizer, prompts, args.max_new_tokens)
+    for prompt, text in zip(args.prompt, answers, strict=True):
         if args.json:
             print(json.dumps({"prompt": prompt, "continuation": text}))
         else:
@@ -346,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="+")
     p.add_argument("--chat", action="store_true", help="through the chat template (chat models)")
     p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--edit", type=Path, default=None,
+                   help="an `edit --out` directory: answer from its edited model (its model/, else the base "
+                        "model with its adapters merged; --model overrides that base)")
     p.add_argument("--json", action="store_true")
     add_model_args(p)
     p.set_defaults(func=cmd_ask)

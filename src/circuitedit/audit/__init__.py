@@ -16,12 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from safetensors import SafetensorError
 from torch import nn
 
 from ..evaluate.facts import Fact
-from ..report import EDIT_FILE, write_text_atomic
+from ..report import write_text_atomic
 from ..requests import EditRequest
+from ..saved_edit import STAGES, adapter_dirs, merged_adapter, read_edit_json
 from .access import access_report
 from .data import known_facts, pool_facts, same_relation_facts
 from .formats import formats_report
@@ -136,19 +136,6 @@ def relation_facts(base_model: nn.Module, tokenizer, request: EditRequest, confi
 # ---- rebuilding the stage models -------------------------------------------------------------
 
 
-def _merged(model: nn.Module, adapter_dir: Path) -> nn.Module:
-    from peft import PeftModel
-
-    from ..edit.ia3 import merge_fp32
-
-    try:
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # corrupt or foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{adapter_dir}: cannot load the adapter ({first})") from exc
-    return _frozen(merge_fp32(peft_model))
-
-
 def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):
     """(base, tokenizer, request, stage1, stage2, edit_json) from an `edit --out` directory.
 
@@ -158,26 +145,15 @@ def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto
     from ..models import load_model
 
     edit_dir = Path(edit_dir)
-    meta_path = edit_dir / EDIT_FILE
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} not found (is {edit_dir} an `edit --out` directory?)")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{meta_path}: not valid JSON ({exc}); a corrupt or truncated file?") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("request"), dict):
-        raise ValueError(f"{meta_path}: no 'request' object (not written by `edit --out`?)")
-    try:
-        request = EditRequest.from_dict(meta["request"])
-    except ValueError as exc:
-        raise ValueError(f"{meta_path}: request: {exc}") from None
-    for stage in ("unlearn", "learn"):
-        if not (edit_dir / "adapters" / stage / "adapter_config.json").exists():
+    meta, request = read_edit_json(edit_dir)
+    stages = adapter_dirs(edit_dir)
+    for stage in STAGES:
+        if stage not in stages:
             raise FileNotFoundError(f"{edit_dir / 'adapters' / stage} has no PEFT adapter "
                                     f"(audit needs an unlearn-then-learn edit)")
     loaded = load_model(model or meta.get("model"), dtype=dtype, device=device)
-    stage1 = _merged(loaded.model, edit_dir / "adapters" / "unlearn")
-    stage2 = _merged(stage1, edit_dir / "adapters" / "learn")
+    stage1 = merged_adapter(loaded.model, stages["unlearn"])
+    stage2 = merged_adapter(stage1, stages["learn"])
     return loaded.model, loaded.tokenizer, request, stage1, stage2, {**meta, "model": loaded.name}
 
 
