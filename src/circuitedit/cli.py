@@ -206,16 +206,13 @@ def cmd_localize(args, console: Console) -> int:
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
     get_localizer(args.localizer)
-    if args.top_k < 1:
-        raise ValueError("--top-k must be at least 1")
-    if args.fraction is not None and not 0 < args.fraction <= 1:
-        raise ValueError("--fraction must be in (0, 1]")
+    config = LocalizeConfig(method=args.localizer, top_k=args.top_k, kinds=args.kinds,
+                            fraction=args.fraction, seed=args.seed)
+    config.validate()
     request = EditRequest(subject=args.subject, prompt=args.prompt, old_object=args.old,
                           new_object=UNUSED_NEW_OBJECT, paraphrases=args.paraphrase or [])
     if args.out is not None:
         check_output_target(args.out, LOCALIZATION_FILE)
-    config = LocalizeConfig(method=args.localizer, top_k=args.top_k, kinds=args.kinds,
-                            fraction=args.fraction, seed=args.seed)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     adapter = get_adapter(loaded.model)
     result = localize(loaded.model, loaded.tokenizer, request, config)
