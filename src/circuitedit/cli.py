@@ -297,10 +297,10 @@ def cmd_audit(args, console: Console) -> int:
     import time
 
     from .audit import AuditConfig, audit_edit, load_edit, write_audit
+    from .report import check_output_directory
 
     out = args.out or args.edit
-    if out.exists() and not out.is_dir():  # before the models load and the audit runs
-        raise ValueError(f"--out {out} exists and is not a directory")
+    check_output_directory(out)  # before the models load and the audit runs
     start = time.perf_counter()
     base, tokenizer, request, stage1, stage2, meta = load_edit(args.edit, args.model, args.dtype, args.device)
     load_s = time.perf_counter() - start

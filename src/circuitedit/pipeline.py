@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from torch import nn
 
 from .edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
-from .edit.base import freeze
+from .edit.base import freeze, uses_localization
 from .edit.prompts import (
     generated_prefixes,
     same_template_prompts,
@@ -170,7 +170,7 @@ def edit(
     if components is None:
         localization = localize(model, tokenizer, request, config.localize)
         components = localization.select_by(config.localize, get_adapter(model).num_layers(model))
-        if not components and getattr(get_editor(config.method), "uses_localization", True):
+        if not components and uses_localization(config.method):
             raise ValueError(f"no components to edit: {config.localize.method} localization selected none "
                              f"(localize.kinds {config.localize.kinds!r}, max_layer_fraction "
                              f"{config.localize.max_layer_fraction:g}, fraction {config.localize.fraction})")

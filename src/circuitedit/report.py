@@ -82,17 +82,21 @@ def print_edit(result_dict: dict, console: Console | None = None) -> None:
     console.print(metrics_table(result_dict["metrics"], result_dict["timings"]))
 
 
+def check_output_directory(path: Path) -> None:
+    """Refuse an output directory path that is an existing file (or lies under one)."""
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"output path {path}: {path.parent} is not a directory")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output path {path} exists and is not a directory")
+
+
 def check_output_target(target: Path, marker: str) -> None:
     """Refuse an output path that holds anything but an earlier output of this kind (a directory
     with `marker` in it) or nothing: the atomic swap replaces the whole directory."""
     target = Path(target)
-    if target.parent.exists() and not target.parent.is_dir():
-        raise ValueError(f"output path {target}: {target.parent} is not a directory")
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise ValueError(f"output path {target} exists and is not a directory")
-    if any(target.iterdir()) and not (target / marker).is_file():
+    check_output_directory(target)
+    if target.exists() and any(target.iterdir()) and not (target / marker).is_file():
         raise ValueError(f"output path {target} is a non-empty directory without {marker}, not an earlier "
                          "output; it would be replaced, so choose a new path")
 

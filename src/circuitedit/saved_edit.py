@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 from torch import nn
 
+from .edit.base import freeze
 from .report import EDIT_FILE
 from .requests import EditRequest
 
@@ -50,10 +51,9 @@ def merged_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # corrupt or foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{adapter_dir}: cannot load the adapter ({first})") from exc
-    merged = merge_fp32(peft_model).eval()
-    for param in merged.parameters():
-        param.requires_grad_(False)
-    return merged
+    merged = merge_fp32(peft_model)
+    freeze(merged)
+    return merged.eval()
 
 
 def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..edit.base import freeze
 from ..evaluate.facts import Fact
 from ..report import write_text_atomic
 from ..requests import EditRequest
@@ -175,10 +176,8 @@ def stage_models(base_model: nn.Module, result) -> tuple[nn.Module | None, nn.Mo
 
 
 def _frozen(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    freeze(model)
+    return model.eval()
 
 
 def write_audit(report: AuditReport, out_dir: Path | str) -> tuple[Path, Path]:

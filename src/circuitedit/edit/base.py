@@ -99,6 +99,11 @@ def get_editor(name: str) -> Editor:
     return EDITORS[name]
 
 
+def uses_localization(method: str) -> bool:
+    """Whether the editor trains the localized components (baselines such as ft-full do not)."""
+    return getattr(get_editor(method), "uses_localization", True)
+
+
 def freeze(model: nn.Module) -> None:
     for param in model.parameters():
         param.requires_grad_(False)

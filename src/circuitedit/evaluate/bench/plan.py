@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ...edit import get_editor
+from ...edit.base import uses_localization
 from ...models.arch import get_adapter
 from ...models.components import HEAD, MLP, Component
 from .config import DEFAULT_LOCALIZER
@@ -16,10 +16,6 @@ def random_components(model, count: int, kinds: str, seed: int) -> list[Componen
     allowed = {"both": (HEAD, MLP), "heads": (HEAD,), "mlps": (MLP,)}[kinds]
     pool = [c for c in get_adapter(model).all_layer_components(model) if c.kind in allowed]
     return sorted(random.Random(seed).sample(pool, min(count, len(pool))))
-
-
-def uses_localization(method: str) -> bool:
-    return getattr(get_editor(method), "uses_localization", True)
 
 
 def label_for(method: str, localizer: str | None) -> str:

@@ -13,7 +13,7 @@ from ...localize import LOCALIZERS, localize
 from ...models.arch import get_adapter
 from ...models.components import Component
 from ...pipeline import EditConfig, edit
-from ...report import write_text_atomic
+from ...report import check_output_directory, write_text_atomic
 from ..datasets import SPORTS, load_requests
 from ..facts import Fact, control_facts, controls_for
 from ..fluency import perplexity
@@ -88,8 +88,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     requests = load_requests(config.data, config.fmt, config.seed)
     controls = _load_controls(config.controls)
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise BenchError(f"--out {out} exists and is not a directory")
+    check_output_directory(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = _check_resume(out, config, resume)
     results_path = out / "results.jsonl"
