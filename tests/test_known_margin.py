@@ -65,3 +65,22 @@ def test_stated_paraphrase_metrics_count_only_phrasings_that_gave_the_old_fact()
     assert metrics["paraphrase_accuracy"] == 0.5  # every held-out phrasing
     assert metrics["paraphrase_accuracy_stated"] == 1.0  # only where the old fact was said
     assert metrics["forget_rate"] == 1.0 and metrics["forget_rate_stated"] == 1.0
+
+
+def test_old_fact_stated_before_and_the_note_when_the_model_never_said_it():
+    from circuitedit.report import old_fact_note
+
+    probes = [Probe("edit", REQUEST.text, "Rome"), Probe("test_paraphrase", "Tourists visit the Eiffel Tower in", "Rome")]
+    said = Snapshot(continuations={("edit", REQUEST.text): " Paris, France",
+                                   ("test_paraphrase", "Tourists visit the Eiffel Tower in"): " the summer."})
+    unsaid = Snapshot(continuations={("edit", REQUEST.text): " a big city",
+                                     ("test_paraphrase", "Tourists visit the Eiffel Tower in"): " the summer."})
+    after = Snapshot(continuations={("edit", REQUEST.text): " Rome"})
+    for before, share, warned in ((said, 0.5, False), (unsaid, 0.0, True)):
+        rows = probe_rows(REQUEST, probes, before, after)
+        metrics = edit_metrics(REQUEST, rows, before, after)
+        assert metrics["old_fact_stated_before"] == share and metrics["forget_rate"] == 1.0
+        note = old_fact_note({"request": REQUEST.to_dict(), "rows": [r.to_dict() for r in rows]})
+        assert (note is not None) == warned
+        if warned:
+            assert "'Paris'" in note and "a big city" in note

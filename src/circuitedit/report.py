@@ -13,6 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .evaluate.scoring import contains_object
+
 # The file every output directory of its kind holds: an existing --out without it is refused.
 EDIT_FILE = "edit.json"
 LOCALIZATION_FILE = "localization.json"
@@ -24,6 +26,7 @@ METRIC_LABELS = {
     "train_paraphrase_accuracy": "new-fact accuracy (training paraphrases)",
     "question_accuracy": "new-fact accuracy (question form, chat)",
     "forget_rate": "forget rate (old object not produced)",
+    "old_fact_stated_before": "old fact stated before the edit (same prompts)",
     "f_control": "F_control (known control facts kept)",
     "neighbourhood_accuracy": "neighbourhood accuracy",
     "efficacy": "efficacy P(new) > P(old)",
@@ -80,6 +83,20 @@ def print_edit(result_dict: dict, console: Console | None = None) -> None:
     console.print(components_table(result_dict))
     console.print(rows_table(result_dict))
     console.print(metrics_table(result_dict["metrics"], result_dict["timings"]))
+    note = old_fact_note(result_dict)
+    if note:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def old_fact_note(result_dict: dict) -> str | None:
+    """A warning when the unedited model did not give the old object on the edit prompt: there
+    the forget rate counts the absence of something that was never said."""
+    edit_rows = [r for r in result_dict["rows"] if r["kind"] == "edit"]
+    if not edit_rows or contains_object(edit_rows[0]["before"], result_dict["request"]["old_object"]):
+        return None
+    return (f"before the edit the model did not answer {result_dict['request']['old_object']!r} to the edit "
+            f"prompt (it continued {edit_rows[0]['before'].strip()[:40]!r}), so the forget rate "
+            "shows nothing it knew was removed")
 
 
 def check_output_directory(path: Path) -> None:

@@ -71,6 +71,8 @@ def edit_metrics(request: EditRequest, rows: list[ProbeRow], before: Snapshot, a
         "paraphrase_accuracy_stated": _mean([r.expected_after for r in stated]),
         "forget_rate": _mean([not r.old_after for r in forget_rows]),
         "forget_rate_stated": _mean([not r.old_after for r in get("edit") + stated]),
+        # A forget rate of 1 on a fact the model never stated measures nothing (report.old_fact_note).
+        "old_fact_stated_before": _mean([contains_object(r.before, request.old_object) for r in forget_rows]),
         "f_control": retained("control"),
         "control_known_before": sum(r.known_before for r in get("control")),
         "control_near_ties_excluded": sum(r.expected_before and not r.known_before for r in get("control")),
