@@ -304,3 +304,15 @@ def test_ask_on_an_edit_directory_without_adapters_or_model_says_so(tiny_edit_di
     assert main(["ask", "x", "--edit", str(bare), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no adapters/ and no model/" in err[0], err
+
+
+def test_json_edit_of_a_fact_the_model_never_stated_notes_it_on_stderr(saved_tiny, tmp_path, capsys):
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL_CONFIG))
+    assert main(["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--dtype", "fp32",
+                 "--device", "cpu", "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)  # stdout is the one JSON object, nothing else
+    assert data["metrics"]["old_fact_stated_before"] == 0.0  # a random model never says " Paris"
+    notes = [line for line in captured.err.splitlines() if line.startswith("note (Eiffel Tower):")]
+    assert len(notes) == 1 and "did not answer 'Paris'" in notes[0]

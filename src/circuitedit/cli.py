@@ -108,7 +108,13 @@ def run_edits(args, requests, console: Console) -> int:
     from .evaluate.runner import control_snapshot
     from .models import load_model
     from .pipeline import edit
-    from .report import EDIT_FILE, check_output_target, print_edit, write_edit_outputs
+    from .report import (
+        EDIT_FILE,
+        check_output_target,
+        old_fact_note,
+        print_edit,
+        write_edit_outputs,
+    )
 
     config = build_config(args)
     targets = [None] * len(requests)
@@ -133,6 +139,8 @@ def run_edits(args, requests, console: Console) -> int:
         if not args.json:
             console.rule(f"{request.subject}: {request.old_object} -> {request.new_object}")
             print_edit(data, console)
+        elif note := old_fact_note(data):  # stdout stays one JSON object
+            print(f"note ({request.subject}): {note}", file=sys.stderr)
     if args.json:
         summary = outputs[0] if len(outputs) == 1 else {"edits": outputs}
         print(json.dumps(summary, default=str))
