@@ -103,7 +103,7 @@ class StageConfig:
         if self.unit_fraction is not None and not 0 < self.unit_fraction <= 1:
             raise ValueError(f"editor.{stage}.unit_fraction: must be in (0, 1], got {self.unit_fraction}")
         if self.focus_slack is not None and self.focus_slack < 0:
-            raise ValueError(f"editor.{stage}.focus_slack: must not be negative or must be null, got {self.focus_slack}")
+            raise ValueError(f"editor.{stage}.focus_slack: must be null or at least 0, got {self.focus_slack}")
         if self.shortlist_top_k is not None and self.shortlist_top_k < 1:
             raise ValueError(f"editor.{stage}.shortlist_top_k: must be at least 1 or null, got {self.shortlist_top_k}")
 
