@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..evaluate.head_reductions import head_reductions
 from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
 from ..models.arch import ArchitectureAdapter
 from ..models.components import HEAD, MLP, Component
@@ -162,9 +163,11 @@ def prepare_setup(
             candidates.append((other, other_ids))
     if candidates:
         batch = torch.tensor([c[1] for c in candidates], device=device)
-        logits = logits_from_hidden(model, hidden_states(model, batch, torch.ones_like(batch))[:, last])
-        top = logits.argmax(-1)
-        margin = logits[:, answer] - logits.max(-1).values  # <= 0; most negative = most different
+        # The argmax and the answer's logit from the head in chunks, never the (B, V) logits.
+        head = head_reductions(model, hidden_states(model, batch, torch.ones_like(batch))[:, last],
+                               torch.full((len(candidates), 1), answer))
+        top = head.top_index
+        margin = head.picked[:, 0] - head.top_values[:, 0]  # <= 0; most negative = most different
         order = torch.argsort(margin)
         for idx in order.tolist():
             if top[idx].item() != answer:
