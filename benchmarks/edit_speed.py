@@ -4,9 +4,13 @@
 
 Prints a markdown table: load, evaluation, localization, preparation, each training stage
 (steps, seconds) and the total, as the median of N edits (each in a fresh process, so nothing
-is cached between them). With --against, the same edit also runs on the code of GIT_REF (a git
-worktree in a temporary directory), alternating old and new, and the table gains the old
-medians and the ratio: shared machines are noisy, so compare ratios measured in one run.
+is kept in memory between them). Each repeat times the edit twice, as the CLI runs it: first
+with an empty reference cache ("cold": the first edit of a model computes the unedited model's
+control answers and sampled prefixes and stores them), then reading what that run stored
+("warm": every later edit of the model). With --against, the same edit also runs on the code of
+GIT_REF (a git worktree in a temporary directory; with its reference cache where it has one),
+alternating old and new, and the table gains the old medians and the ratio to the warm runs:
+shared machines are noisy, so compare ratios measured in one run.
 """
 
 from __future__ import annotations
@@ -25,14 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 # Runs in a child process against whichever circuitedit is first on PYTHONPATH; it uses only
 # the public API that every version has, so an old commit can run it too.
 CHILD = """
-import json, sys, time
+import json, pathlib, sys, time
 from circuitedit import edit, load_model
 from circuitedit.evaluate.facts import demo_requests
-model_name, index, dtype = sys.argv[1] or None, int(sys.argv[2]), sys.argv[3]
+model_name, index, dtype, references = sys.argv[1] or None, int(sys.argv[2]), sys.argv[3], sys.argv[4]
+try:
+    from circuitedit.evaluate.reference_cache import ReferenceCache
+    kwargs = {"references": ReferenceCache(pathlib.Path(references))}
+except ImportError:  # code from before the reference cache
+    kwargs = {}
 tick = time.perf_counter()
 model, tokenizer = load_model(model_name, dtype=dtype)
 load_s = time.perf_counter() - tick
-result = edit(model, tokenizer, demo_requests()[index])
+result = edit(model, tokenizer, demo_requests()[index], **kwargs)
 print("RESULT " + json.dumps({
     "load_s": load_s, "timings": result.timings, "passes": getattr(result.localization, "passes", None),
     "stages": [[s.name, s.steps, s.seconds, getattr(s, "full_vocab_passes", None)] for s in result.outcome.stages],
@@ -42,9 +51,10 @@ print("RESULT " + json.dumps({
 """
 
 
-def run_child(src: Path, args) -> dict:
+def run_child(src: Path, args, references: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, "-c", CHILD, args.model or "", str(args.request), args.dtype],
+    out = subprocess.run([sys.executable, "-c", CHILD, args.model or "", str(args.request), args.dtype,
+                          str(references)],
                          env=env, capture_output=True, text=True, check=False)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if out.returncode or line is None:
@@ -55,6 +65,7 @@ def run_child(src: Path, args) -> dict:
 def phases(run: dict) -> list[tuple[str, str, float]]:
     t = run["timings"]
     rows = [("load model (safetensors cache)", "", run["load_s"]),
+            ("fingerprint the model (reference cache key)", "", t.get("fingerprint_s", 0.0)),
             ("evaluate before (probes + control facts)", "", t["evaluate_before_s"]),
             ("localize (attribution patching)", f"{run['passes']} passes", t["localize_s"]),
             ("prepare (prefixes, hard negatives, retain set, model copy)", "", t["prepare_s"])]
@@ -82,7 +93,7 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="a git ref to time the same edit on")
     args = parser.parse_args()
 
-    new_runs, old_runs = [], []
+    cold_runs, warm_runs, old_runs = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         old_src = None
         if args.against:
@@ -92,31 +103,36 @@ def main() -> None:
             old_src = tree / "src"
         try:
             for repeat in range(args.repeats):
-                new_runs.append(run_child(ROOT / "src", args))
+                references = Path(tmp) / f"references-{repeat}"  # empty: this repeat's cold run fills it
+                cold_runs.append(run_child(ROOT / "src", args, references))
+                warm_runs.append(run_child(ROOT / "src", args, references))
                 if old_src:
-                    old_runs.append(run_child(old_src, args))
-                print(f"run {repeat + 1}/{args.repeats}: {new_runs[-1]['timings']['total_s']:.1f} s"
+                    old_runs.append(run_child(old_src, args, Path(tmp) / f"against-references-{repeat}"))
+                print(f"run {repeat + 1}/{args.repeats}: warm {warm_runs[-1]['timings']['total_s']:.1f} s, "
+                      f"cold {cold_runs[-1]['timings']['total_s']:.1f} s"
                       + (f" (against: {old_runs[-1]['timings']['total_s']:.1f} s)" if old_src else ""),
                       file=sys.stderr, flush=True)
         finally:
             if old_src:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
 
-    last = new_runs[-1]
+    last = warm_runs[-1]
     print(f"\nEdit: request {args.request}, components {', '.join(last['components'])}; "
           f"median of {args.repeats} runs, each in a fresh process\n")
-    new = median_rows(new_runs)
+    warm, cold = median_rows(warm_runs), median_rows(cold_runs)
+    header = "| phase | work | seconds (warm) | seconds (cold) |"
+    rule = "|---|---|---:|---:|"
     if old_runs:
-        old = median_rows(old_runs)
-        print(f"| phase | work | seconds | {args.against}: work | {args.against}: seconds | ratio |")
-        print("|---|---|---:|---|---:|---:|")
-        for (name, work, seconds), (_, old_work, old_seconds) in zip(new, old, strict=False):
-            ratio = f"{seconds / old_seconds:.2f}" if old_seconds else "-"
-            print(f"| {name} | {work} | {seconds:.1f} | {old_work} | {old_seconds:.1f} | {ratio} |")
-    else:
-        print("| phase | work | seconds |\n|---|---|---:|")
-        for name, work, seconds in new:
-            print(f"| {name} | {work} | {seconds:.1f} |")
+        header += f" {args.against}: work | {args.against}: seconds | warm / {args.against} |"
+        rule += "---|---:|---:|"
+    print(header + "\n" + rule)
+    old = median_rows(old_runs) if old_runs else [None] * len(warm)
+    for (name, work, seconds), (_, _, cold_seconds), before in zip(warm, cold, old, strict=True):
+        line = f"| {name} | {work} | {seconds:.1f} | {cold_seconds:.1f} |"
+        if before is not None:
+            ratio = f"{seconds / before[2]:.2f}" if before[2] else "-"
+            line += f" {before[1]} | {before[2]:.1f} | {ratio} |"
+        print(line)
     m = last["metrics"]
     print(f"\nnew-fact {m['new_fact_accuracy']:.2f}, held-out paraphrases {m['paraphrase_accuracy']:.2f}, "
           f"forget {m['forget_rate']:.2f}, F_control {m['f_control']:.2f}")

@@ -39,6 +39,16 @@ def _one_thread_for_tiny_models(request):
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _reference_cache_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+    """The CLI keeps the unedited model's reference answers in the user's cache; tests keep
+    theirs (one entry per random tiny model) out of it."""
+    from circuitedit.evaluate.reference_cache import ReferenceCache
+
+    root = tmp_path_factory.mktemp("references")
+    monkeypatch.setattr(ReferenceCache, "default", classmethod(lambda cls: cls(root)))
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return tiny_tokenizer()

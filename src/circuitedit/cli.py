@@ -44,6 +44,9 @@ def add_edit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write edit.json, adapters (and --save-model) here")
     parser.add_argument("--save-model", action="store_true", help="also write the edited model under OUT/model")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    parser.add_argument("--no-reference-cache", action="store_true",
+                        help="recompute the unedited model's control answers and sampled prefixes instead of "
+                             "reading them from $CIRCUITEDIT_CACHE/references")
 
 
 def read_config_file(path: Path) -> dict:
@@ -105,7 +108,8 @@ def requests_from_args(args):
 
 def run_edits(args, requests, console: Console) -> int:
     from .evaluate.facts import control_facts
-    from .evaluate.runner import control_snapshot
+    from .evaluate.reference_cache import ReferenceCache
+    from .evaluate.runner import cached_control_snapshot
     from .models import load_model
     from .pipeline import edit
     from .report import (
@@ -123,12 +127,17 @@ def run_edits(args, requests, console: Console) -> int:
         for target in targets:  # before the model loads, not after the first edits
             check_output_target(target, EDIT_FILE)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    references = None if args.no_reference_cache else ReferenceCache.default()
     # Every edit starts from the same unedited model: its control answers are taken once.
-    baseline = (control_snapshot(loaded.model, loaded.tokenizer, requests[0], control_facts(), config.evaluate)
-                if len(requests) > 1 else None)
+    baseline = None
+    if len(requests) > 1:
+        bound = references.for_model(loaded.model) if references is not None else None
+        baseline = cached_control_snapshot(bound, loaded.model, loaded.tokenizer, requests[0], control_facts(),
+                                           config.evaluate)
     outputs = []
     for request, target in zip(requests, targets, strict=True):
-        result = edit(loaded.model, loaded.tokenizer, request, config, control_baseline=baseline)
+        result = edit(loaded.model, loaded.tokenizer, request, config, control_baseline=baseline,
+                      references=references)
         data = result.to_dict()
         data["model"] = loaded.name
         if target is not None:

@@ -12,14 +12,21 @@ from torch import nn
 from .edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
 from .edit.base import freeze, uses_localization
 from .edit.prompts import (
-    generated_prefixes,
+    cached_prefixes,
     same_template_prompts,
     training_contexts,
     training_prompts,
 )
-from .evaluate.facts import Fact, controls_for, retain_prompts, subject_pool
+from .evaluate.facts import Fact, control_facts, controls_for, retain_prompts, subject_pool
 from .evaluate.metrics import ProbeRow, edit_metrics, probe_rows
-from .evaluate.runner import EvalConfig, Snapshot, probes_for, take_snapshot
+from .evaluate.reference_cache import ModelReferences, ReferenceCache
+from .evaluate.runner import (
+    EvalConfig,
+    Snapshot,
+    cached_control_snapshot,
+    probes_for,
+    take_snapshot,
+)
 from .evaluate.scoring import (
     CHAT,
     TargetTokenizationError,
@@ -116,8 +123,9 @@ def check_request(tokenizer, request: EditRequest) -> None:
             raise TargetTokenizationError(f"{field_name}: {exc}") from None
 
 
-def build_context(model, tokenizer, request: EditRequest, config: EditorConfig) -> TrainingContext:
-    prefixes = generated_prefixes(model, tokenizer, config.n_prefixes, seed=config.seed)
+def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
+                  references: ModelReferences | None = None) -> TrainingContext:
+    prefixes = cached_prefixes(references, model, tokenizer, config.n_prefixes, seed=config.seed)
     prompts = training_prompts(request, prefixes)
     contexts = training_contexts(request, prefixes)
     if uses_chat_template(tokenizer):
@@ -140,11 +148,14 @@ def edit(
     control_baseline: Snapshot | None = None,
     components: list[Component] | None = None,
     progress: Callable | None = None,
+    references: ReferenceCache | None = None,
 ) -> EditResult:
     """Edit one fact on a copy of `model` and measure the edit against the unedited model.
 
     components: skip localization and train these. control_baseline: a snapshot of the control
-    facts on the unedited model, reused across many edits of the same model.
+    facts on the unedited model, reused across many edits of the same model. references: where
+    the unedited model's answers to the built-in texts (control facts, sampled prefixes) are
+    kept between edits and runs (`ReferenceCache.default()` on disk; None computes them anew).
     """
     config = config or EditConfig()
     config.validate()
@@ -153,9 +164,19 @@ def edit(
     check_request(tokenizer, request)
     get_adapter(model)
 
+    bound = None
+    if references is not None:
+        tick = time.perf_counter()
+        bound = references.for_model(model)
+        timings["fingerprint_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    if control_baseline is None and bound is not None:
+        # Of every control fact (not only this request's), so one entry serves every request.
+        control_baseline = cached_control_snapshot(bound, model, tokenizer, request,
+                                                   control_facts() if controls is None else controls,
+                                                   config.evaluate)
     controls = controls_for(request) if controls is None else controls
     probes = probes_for(request, controls, tokenizer)
-    tick = time.perf_counter()
     if control_baseline is None:
         before = take_snapshot(model, tokenizer, request, probes, config.evaluate, margins=True)
     else:
@@ -177,7 +198,7 @@ def edit(
     timings["localize_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    context = build_context(model, tokenizer, request, config.editor)
+    context = build_context(model, tokenizer, request, config.editor, bound)
     working = copy.deepcopy(model)
     freeze(working)
     timings["prepare_s"] = time.perf_counter() - tick

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..evaluate.head_reductions import head_reductions
+from ..evaluate.reference_cache import ModelReferences, tokenizer_identity
 from ..evaluate.scoring import (
     input_device,
     iter_last_token_hidden,
@@ -17,10 +18,12 @@ from ..evaluate.scoring import (
 from ..requests import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
+PREFIX_LENGTH = 8  # new tokens sampled after each seed word
+PREFIX_TOP_K = 5
 
 
 @torch.no_grad()
-def generated_prefixes(model, tokenizer, count: int, length: int = 8, seed: int = 0) -> list[str]:
+def generated_prefixes(model, tokenizer, count: int, length: int = PREFIX_LENGTH, seed: int = 0) -> list[str]:
     """`count` short sampled texts from the model, seeded without touching the global RNG."""
     if count <= 0:
         return []
@@ -35,9 +38,20 @@ def generated_prefixes(model, tokenizer, count: int, length: int = 8, seed: int 
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=length,
-                             do_sample=True, top_k=5, pad_token_id=pad)
+                             do_sample=True, top_k=PREFIX_TOP_K, pad_token_id=pad)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)
     return [" ".join(t.replace("\n", " ").split()).rstrip(".") + "." for t in texts]
+
+
+def cached_prefixes(references: ModelReferences | None, model, tokenizer, count: int, seed: int = 0) -> list[str]:
+    """`generated_prefixes`, read from `references` when this model's are stored there."""
+    if references is None or count <= 0:
+        return generated_prefixes(model, tokenizer, count, seed=seed)
+    seeds = [PREFIX_SEEDS[i % len(PREFIX_SEEDS)] for i in range(count)]
+    key = {"count": count, "seed": seed, "length": PREFIX_LENGTH, "top_k": PREFIX_TOP_K,
+           "tokenizer": tokenizer_identity(tokenizer, seeds)}
+    return list(references.get_or_compute("prefixes", key,
+                                          lambda: generated_prefixes(model, tokenizer, count, seed=seed)))
 
 
 def training_prompts(request: EditRequest, prefixes: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..requests import EditRequest
 from .facts import Fact
+from .reference_cache import ModelReferences, tokenizer_identity
 from .scoring import (
     CHAT,
     greedy_generate,
@@ -42,6 +43,19 @@ class Snapshot:
     # (kind, prompt) -> top-1 minus top-2 next-token logit, for the kinds in MARGIN_KINDS
     margins: dict[tuple[str, str], float] = field(default_factory=dict)
 
+    def to_json(self) -> dict:
+        """A JSON-able form (tuple keys become lists); `from_json` reads it back exactly."""
+        return {"continuations": [[*k, v] for k, v in self.continuations.items()],
+                "logprobs": [[*k, v] for k, v in self.logprobs.items()],
+                "margins": [[*k, v] for k, v in self.margins.items()]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Snapshot:
+        def table(name: str) -> dict:
+            return {tuple(row[:-1]): row[-1] for row in data.get(name, [])}
+
+        return cls(table("continuations"), table("logprobs"), table("margins"))
+
 
 MARGIN_KINDS = ("control", "neighbourhood")
 
@@ -63,6 +77,20 @@ def control_snapshot(model, tokenizer, request: EditRequest, controls: list[Fact
     (`edit(..., control_baseline=)`): they are the same for every request."""
     probes = [Probe("control", f.prompt, f.answer) for f in controls]
     return take_snapshot(model, tokenizer, request, probes, config, kinds={"control"}, margins=True)
+
+
+def cached_control_snapshot(references: ModelReferences | None, model, tokenizer, request: EditRequest,
+                            controls: list[Fact], config: EvalConfig) -> Snapshot:
+    """`control_snapshot`, read from `references` when this model's answers to these control facts
+    under these settings are stored there (no request field enters a control snapshot)."""
+    if references is None:
+        return control_snapshot(model, tokenizer, request, controls, config)
+    key = {"facts": [[f.prompt, f.answer] for f in controls],
+           "tokenizer": tokenizer_identity(tokenizer, [f.prompt for f in controls]),
+           "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size}
+    stored = references.get_or_compute(
+        "controls", key, lambda: control_snapshot(model, tokenizer, request, controls, config).to_json())
+    return Snapshot.from_json(stored)
 
 
 def take_snapshot(model, tokenizer, request: EditRequest, probes: list[Probe], config: EvalConfig,
