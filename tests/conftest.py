@@ -39,14 +39,17 @@ def _one_thread_for_tiny_models(request):
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _reference_cache_in_a_temporary_folder(tmp_path_factory, monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _reference_cache_in_a_temporary_folder(tmp_path_factory):
     """The CLI keeps the unedited model's reference answers in the user's cache; tests keep
-    theirs (one entry per random tiny model) out of it."""
+    theirs (one entry per random tiny model) out of it. Session scope, so that module-scoped
+    fixtures that run the CLI are covered too."""
     from circuitedit.evaluate.reference_cache import ReferenceCache
 
     root = tmp_path_factory.mktemp("references")
-    monkeypatch.setattr(ReferenceCache, "default", classmethod(lambda cls: cls(root)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ReferenceCache, "default", classmethod(lambda cls: cls(root)))
+        yield root
 
 
 @pytest.fixture(scope="session")

@@ -112,17 +112,17 @@ def test_a_changed_model_never_reads_another_models_answers(tmp_path):
     assert got == expected
 
 
-def test_the_cli_keeps_references_unless_told_not_to(saved_tiny, tmp_path, capsys):
+def test_the_cli_keeps_references_unless_told_not_to(saved_tiny, tmp_path, capsys, monkeypatch):
     from test_cli import EIFFEL_ARGS, SMALL_CONFIG
 
     config = tmp_path / "config.json"
     config.write_text(json.dumps(SMALL_CONFIG))
-    root = ReferenceCache.default().root  # conftest: a temporary folder
-    before = set(root.glob("*.json"))
+    root = tmp_path / "references"
+    monkeypatch.setattr(ReferenceCache, "default", classmethod(lambda cls: cls(root)))
     args = ["edit", *EIFFEL_ARGS, "--config", str(config), "--model", str(saved_tiny), "--dtype", "fp32",
             "--device", "cpu", "--json"]
     assert main([*args, "--no-reference-cache"]) == 0
-    assert set(root.glob("*.json")) == before
+    assert not root.exists()
     assert main(args) == 0
-    assert {p.name.split("-")[0] for p in set(root.glob("*.json")) - before} == {"controls", "prefixes"}
+    assert {p.name.split("-")[0] for p in root.glob("*.json")} == {"controls", "prefixes"}
     capsys.readouterr()
