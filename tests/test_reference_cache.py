@@ -11,7 +11,6 @@ import torch
 
 from circuitedit import EditRequest, edit
 from circuitedit.cli import main
-from circuitedit.edit.retain import RetainSet
 from circuitedit.evaluate import runner
 from circuitedit.evaluate.facts import control_facts
 from circuitedit.evaluate.reference_cache import ReferenceCache, model_fingerprint
@@ -86,14 +85,13 @@ def test_edits_that_read_the_cache_measure_what_a_fresh_snapshot_would(tmp_path,
     baseline = control_snapshot(model, tokenizer, request, control_facts(), config.evaluate)
     plain = edit(model, tokenizer, request, config, control_baseline=baseline)
     first = edit(model, tokenizer, request, config, references=ReferenceCache(tmp_path))
-    assert {p.name.split("-")[0] for p in tmp_path.iterdir()} == {"controls", "prefixes", "retain"}
+    assert {p.name.split("-")[0] for p in tmp_path.iterdir()} == {"controls", "prefixes"}
 
     def never(*args, **kwargs):
         raise AssertionError("recomputed a stored reference")
 
     monkeypatch.setattr(runner, "control_snapshot", never)
     monkeypatch.setattr(importlib.import_module("circuitedit.edit.prompts"), "generated_prefixes", never)
-    monkeypatch.setattr(RetainSet, "reference_logits", classmethod(never))
     second = edit(model, tokenizer, request, config, references=ReferenceCache(tmp_path))
     for result in (first, second):
         assert [r.to_dict() for r in result.rows] == [r.to_dict() for r in plain.rows]
@@ -126,33 +124,5 @@ def test_the_cli_keeps_references_unless_told_not_to(saved_tiny, tmp_path, capsy
     assert main([*args, "--no-reference-cache"]) == 0
     assert not root.exists()
     assert main(args) == 0
-    assert {p.name.split("-")[0] for p in root.iterdir()} == {"controls", "prefixes", "retain"}
+    assert {p.name.split("-")[0] for p in root.glob("*.json")} == {"controls", "prefixes"}
     capsys.readouterr()
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_tensor_entry_comes_back_with_its_exact_values_and_dtype(tmp_path, dtype):
-    model, _ = tiny_model("llama", 0)
-    value = torch.randn(3, 5, generator=torch.Generator().manual_seed(0)).to(dtype).float()
-    value[0, 0] = 1 / 3 if dtype == torch.float32 else value[0, 0]  # not a bf16 value: kept in fp32
-    ReferenceCache(tmp_path).for_model(model).get_or_compute_tensor("t", {}, lambda: value)
-    back = ReferenceCache(tmp_path).for_model(model).get_or_compute_tensor("t", {}, lambda: None)
-    assert back.dtype == torch.float32 and torch.equal(back, value)
-    (entry,) = tmp_path.glob("t-*.safetensors")
-    entry.write_bytes(b"damaged")
-    assert torch.equal(ReferenceCache(tmp_path).for_model(model).get_or_compute_tensor("t", {}, lambda: value * 2),
-                       value * 2)
-
-
-def test_retain_logits_given_for_the_rotating_prompts_make_the_same_reference():
-    model, tokenizer = tiny_model("qwen2", 0)
-    model = model.float()
-    pinned = ["The Louvre is located in the city of", "The Colosseum is located in the city of"]
-    rotating = ["Bees make", "The capital of France is", "Water is"]
-    given = RetainSet.reference_logits(model, tokenizer, rotating)
-    alone = RetainSet.reference_logits(model, tokenizer, pinned + rotating)
-    torch.testing.assert_close(given, alone[2:], atol=1e-5, rtol=1e-5)  # rows in their given order
-    built = RetainSet.from_model(model, tokenizer, pinned + rotating, pinned=2, rotating_logits=given)
-    plain = RetainSet.from_model(model, tokenizer, pinned + rotating, pinned=2)
-    assert built.prompts == plain.prompts
-    torch.testing.assert_close(built.reference_logprobs, plain.reference_logprobs, atol=1e-5, rtol=1e-5)

@@ -17,7 +17,6 @@ from .edit.prompts import (
     training_contexts,
     training_prompts,
 )
-from .edit.retain import cached_reference_logits
 from .evaluate.facts import Fact, control_facts, controls_for, retain_prompts, subject_pool
 from .evaluate.metrics import ProbeRow, edit_metrics, probe_rows
 from .evaluate.reference_cache import ModelReferences, ReferenceCache
@@ -134,9 +133,7 @@ def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
         prompts, contexts = prompts + chat, contexts + [""] * len(chat)
     neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours,
                                        config.n_sibling_neighbours)
-    built_in = retain_prompts()
-    retain = RetainSet.from_model(model, tokenizer, neighbours + built_in, pinned=len(neighbours),
-                                  rotating_logits=cached_reference_logits(references, model, tokenizer, built_in))
+    retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours))
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
     return TrainingContext(prompts=prompts, retain=retain, old_token=old_token, contexts=contexts)
 

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from ..evaluate.head_reductions import Shortlist, TailEstimate, head_reductions
-from ..evaluate.reference_cache import ModelReferences, tokenizer_identity
 from ..evaluate.scoring import (
     encode_text,
     hidden_states,
@@ -80,10 +79,10 @@ class RetainSet:
     reference_lse: torch.Tensor | None = None  # (R,) log-sum-exp of the unedited model's logits
 
     @classmethod
-    def layout(cls, model: nn.Module, tokenizer, prompts: Sequence[str], pinned: int = 0) -> tuple[RetainSet, list[int]]:
-        """The prompts as a right-padded batch without a reference yet, and each row's index into
-        `prompts`. The rotating (unpinned) prompts are kept in length order, so that the group a
-        step takes in turn has similar lengths and runs as few buckets."""
+    @torch.no_grad()
+    def from_model(cls, model: nn.Module, tokenizer, prompts: Sequence[str], pinned: int = 0) -> RetainSet:
+        """The rotating (unpinned) prompts are kept in length order, so that the group a step
+        takes in turn has similar lengths and runs as few buckets."""
         ids = [encode_text(tokenizer, p) for p in prompts]
         rotating = sorted(range(pinned, len(prompts)), key=lambda i: len(ids[i]))
         keep = list(range(pinned)) + rotating
@@ -94,41 +93,12 @@ class RetainSet:
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
         last = torch.tensor([len(r) - 1 for r in ids], device=device)
-        return cls(input_ids, mask, last, torch.empty(0), list(prompts), pinned), keep
-
-    @classmethod
-    @torch.no_grad()
-    def from_model(cls, model: nn.Module, tokenizer, prompts: Sequence[str], pinned: int = 0,
-                   rotating_logits: torch.Tensor | None = None) -> RetainSet:
-        """The retain set with the unedited `model`'s next-token distributions as its reference.
-
-        rotating_logits: (len(prompts) - pinned, V) that model's logits after the unpinned prompts,
-        in their given order (`reference_logits`, e.g. read from a reference cache); then only
-        the pinned prompts run here."""
-        retain, keep = cls.layout(model, tokenizer, prompts, pinned)
-        if rotating_logits is None:
-            logits = retain.logits(model).detach()
-        else:
-            rows = torch.tensor([i - pinned for i in keep[pinned:]], dtype=torch.long)
-            known = rotating_logits[rows.to(rotating_logits.device)].float()
-            pinned_rows = torch.arange(pinned, device=retain.last.device)
-            parts = [retain.logits(model, pinned_rows).detach().to(known.device)] if pinned else []
-            logits = torch.cat([*parts, known]).to(retain.last.device)
+        retain = cls(input_ids, mask, last, torch.empty(0), list(prompts), pinned)
+        logits = retain.logits(model).detach()
         retain.reference_lse = logits.logsumexp(-1)
         retain.reference_logprobs = logits - retain.reference_lse[:, None]
         retain.reference_negative_entropy = (retain.reference_logprobs.exp() * retain.reference_logprobs).sum(-1)
         return retain
-
-    @classmethod
-    @torch.no_grad()
-    def reference_logits(cls, model: nn.Module, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
-        """(P, V) fp32 next-token logits after `prompts`, in their order, computed as a retain set
-        of them alone computes them (its own length buckets): what `rotating_logits` takes."""
-        retain, keep = cls.layout(model, tokenizer, prompts)
-        logits = retain.logits(model)
-        out = torch.empty_like(logits)
-        out[torch.tensor(keep, device=logits.device)] = logits
-        return out
 
     def last_hidden(self, model: nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(R', H) final hidden states at the last token of the prompts in `rows` (all by default)."""
@@ -215,15 +185,3 @@ class RetainSet:
         reference = self.reference_logprobs[ref_rows[:, None], watched.to(ref_rows.device)[None, :]]  # (R', W)
         rise = out.log_probs() - reference.to(out.lse.device)
         return kl, torch.relu(rise - LEAK_TOLERANCE).mean()
-
-
-def cached_reference_logits(references: ModelReferences | None, model: nn.Module, tokenizer,
-                            prompts: Sequence[str]) -> torch.Tensor:
-    """`RetainSet.reference_logits`, read from `references` when this model's are stored there
-    (the built-in retain prompts: the same for every edit of a model)."""
-    if references is None:
-        return RetainSet.reference_logits(model, tokenizer, prompts)
-    key = {"prompts": list(prompts), "tokenizer": tokenizer_identity(tokenizer, list(prompts))}
-    logits = references.get_or_compute_tensor("retain", key,
-                                              lambda: RetainSet.reference_logits(model, tokenizer, prompts))
-    return logits.to(input_device(model))

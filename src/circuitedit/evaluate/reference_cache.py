@@ -1,11 +1,10 @@
 """The unedited model's answers to the built-in texts, kept between edits and between runs.
 
 Every edit of a model starts by asking it the same things: the control facts (the "before" of
-F_control), the short texts it samples as training-prompt prefixes, and its next-token
-distributions after the built-in retain prompts (the KL term's reference). All depend only on the
+F_control) and the short texts it samples as training-prompt prefixes. Both depend only on the
 model's weights, the tokenizer, the texts and a few settings, so they are stored under a
 fingerprint of all of those and read back by later edits of the same model, as ROME keeps its
-layer statistics on disk: the first edit of a model pays for them, later ones skip ~2.5 s of a
+layer statistics on disk: the first edit of a model pays for them, later ones skip ~2 s of a
 ~27 s edit (docs/speed.md). A change of any weight, of the texts, of a setting or of the software
 that computes them is a new key, never a stale answer.
 
@@ -27,8 +26,6 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -127,44 +124,6 @@ class ReferenceCache:
         self._memory[digest] = value
         return value
 
-    def get_or_compute_tensor(self, identity: dict, kind: str, key: dict,
-                              compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """As `get_or_compute`, for a tensor (a safetensors file, the key in its metadata), kept
-        in the narrowest dtype that holds its values exactly: bf16 logits of a bf16 model are bf16."""
-        full_key = {**identity, "kind": kind, **key}
-        digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()
-        if digest in self._memory:
-            return self._memory[digest]
-        path = None if self.root is None else self.root / f"{kind}-{digest[:32]}.safetensors"
-        value = self._read_tensor(path, full_key) if path is not None else None
-        if value is None:
-            value = compute()
-            if path is not None:
-                self._write_tensor(path, full_key, value)
-        self._memory[digest] = value
-        return value
-
-    @staticmethod
-    def _read_tensor(path: Path, key: dict) -> torch.Tensor | None:
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                if json.loads((handle.metadata() or {}).get("key", "null")) != key:
-                    return None
-                stored = handle.get_tensor("value")
-                return stored.to(getattr(torch, handle.metadata()["dtype"]))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, SafetensorError) as exc:
-            log.warning("reference cache: ignoring unreadable %s (%s)", path, exc)
-            return None
-
-    @staticmethod
-    def _write_tensor(path: Path, key: dict, value: torch.Tensor) -> None:
-        narrow = value.to(torch.bfloat16)
-        stored = narrow if torch.equal(narrow.to(value.dtype), value) else value
-        metadata = {"key": json.dumps(key), "dtype": str(value.dtype).removeprefix("torch.")}
-        ReferenceCache._atomic(path, lambda tmp: save_file({"value": stored.contiguous().cpu()}, tmp, metadata))
-
     @staticmethod
     def _read(path: Path, key: dict) -> object | None:
         try:
@@ -180,22 +139,14 @@ class ReferenceCache:
 
     @staticmethod
     def _write(path: Path, key: dict, value: object) -> None:
-        def dump(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                json.dump({"key": key, "value": value}, handle)
-
-        ReferenceCache._atomic(path, dump)
-
-    @staticmethod
-    def _atomic(path: Path, write: Callable[[str], None]) -> None:
-        """`write(temporary path)`, then a rename: a reader never sees half an entry. A cache
+        """Written to a temporary file and renamed: a reader never sees half an entry. A cache
         that cannot be written (read-only home, full disk) costs speed, not the edit."""
         tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            write(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"key": key, "value": value}, handle)
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("reference cache: could not write %s (%s)", path, exc)
@@ -214,6 +165,3 @@ class ModelReferences:
     def get_or_compute(self, kind: str, key: dict, compute: Callable[[], object]) -> object:
         """The stored JSON value of `kind` under `key` for this model, else `compute()`'s, stored."""
         return self.cache.get_or_compute(self.identity, kind, key, compute)
-
-    def get_or_compute_tensor(self, kind: str, key: dict, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        return self.cache.get_or_compute_tensor(self.identity, kind, key, compute)
