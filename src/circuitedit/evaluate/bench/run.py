@@ -18,6 +18,7 @@ from ..datasets import SPORTS, load_requests
 from ..facts import Fact, control_facts, controls_for
 from ..fluency import perplexity
 from ..multiple_choice import choice_set, distractors_for
+from ..reference_cache import ReferenceCache
 from ..runner import control_snapshot
 from .audits import audit_result
 from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
@@ -117,6 +118,8 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                                                       "selection": selection.to_dict(),
                                                       "base_perplexity": base_ppl}, indent=2) + "\n")
     control_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], controls, config.edit.evaluate)
+    # The prefixes and the built-in retain logits are the same for every edit of this model.
+    references = ReferenceCache()
 
     pairs = plan(config.methods, config.localizers)
     done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}
@@ -147,7 +150,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                 components = [] if loc is None else _components(model, tokenizer, request, cfg, loc, index,
                                                                 config, per_fact)
                 result = edit(model, tokenizer, request, cfg, controls=controls_for(request, controls),
-                              control_baseline=control_baseline, components=components)
+                              control_baseline=control_baseline, components=components, references=references)
                 after = fact_measures(result.model, tokenizer, request, per_fact["choices"],
                                       config.generation_tokens)
                 metrics = dict(result.metrics)
