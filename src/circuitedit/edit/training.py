@@ -77,9 +77,9 @@ class StageConfig:
     # The attention kernel while the stage trains (any `attn_implementation` transformers knows;
     # None keeps the model's), restored afterwards; evaluation keeps the model's. Eager against
     # SDPA, whose CPU backward is ~10x its forward for these few-token rows, on the 22 dev edits
-    # (docs/speed.md), two screens on two CPUs: AMD EPYC 0.95x the time, every quality mean equal
-    # or higher (held-out paraphrases 0.523 vs 0.477, CounterFact specificity 0.791 vs 0.759);
-    # Xeon with AMX 0.97x, forget 0.955 vs 0.970 (one prompt), F_control 0.983 vs 0.979.
+    # (docs/speed.md), two screens on two CPUs: AMD EPYC 0.95x the time, every quality mean within
+    # one neighbour of SDPA's or above (held-out paraphrases 0.523 vs 0.477); Xeon with AMX 0.97x,
+    # forget 0.955 vs 0.970 (one prompt), F_control 0.983 vs 0.979. Rounding noise either way.
     attention: str | None = "eager"
     # Cross-entropy only on the target tokens whose margin is below `margin + focus_slack` (None:
     # on every token). On the 22 dev edits (docs/speed.md; AMD EPYC, bf16) slack 0 takes 28.1 steps
