@@ -118,7 +118,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                                                       "selection": selection.to_dict(),
                                                       "base_perplexity": base_ppl}, indent=2) + "\n")
     control_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], controls, config.edit.evaluate)
-    # The prefixes and the built-in retain logits are the same for every edit of this model.
+    # The sampled prefixes are the same for every edit of this model: drawn once, not per edit.
     references = ReferenceCache()
 
     pairs = plan(config.methods, config.localizers)
