@@ -109,7 +109,7 @@ def requests_from_args(args):
 def run_edits(args, requests, console: Console) -> int:
     from .evaluate.facts import control_facts
     from .evaluate.reference_cache import ReferenceCache
-    from .evaluate.runner import cached_control_snapshot
+    from .evaluate.runner import control_snapshot
     from .models import load_model
     from .pipeline import edit
     from .report import (
@@ -128,12 +128,11 @@ def run_edits(args, requests, console: Console) -> int:
             check_output_target(target, EDIT_FILE)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     references = None if args.no_reference_cache else ReferenceCache.default()
-    # Every edit starts from the same unedited model: its control answers are taken once.
+    # Every edit starts from the same unedited model: its control answers are taken once (with a
+    # reference cache, `edit` reads them from it, from memory after the first edit).
     baseline = None
-    if len(requests) > 1:
-        bound = references.for_model(loaded.model) if references is not None else None
-        baseline = cached_control_snapshot(bound, loaded.model, loaded.tokenizer, requests[0], control_facts(),
-                                           config.evaluate)
+    if len(requests) > 1 and references is None:
+        baseline = control_snapshot(loaded.model, loaded.tokenizer, requests[0], control_facts(), config.evaluate)
     outputs = []
     for request, target in zip(requests, targets, strict=True):
         result = edit(loaded.model, loaded.tokenizer, request, config, control_baseline=baseline,
