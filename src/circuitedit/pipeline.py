@@ -19,6 +19,7 @@ from .edit.prompts import (
 )
 from .evaluate.facts import Fact, control_facts, controls_for, retain_prompts, subject_pool
 from .evaluate.metrics import ProbeRow, edit_metrics, probe_rows
+from .evaluate.prompt_scan import PromptScan
 from .evaluate.reference_cache import ModelReferences, ReferenceCache
 from .evaluate.runner import (
     EvalConfig,
@@ -124,7 +125,7 @@ def check_request(tokenizer, request: EditRequest) -> None:
 
 
 def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
-                  references: ModelReferences | None = None) -> TrainingContext:
+                  references: ModelReferences | None = None, scan: PromptScan | None = None) -> TrainingContext:
     prefixes = cached_prefixes(references, model, tokenizer, config.n_prefixes, seed=config.seed)
     prompts = training_prompts(request, prefixes)
     contexts = training_contexts(request, prefixes)
@@ -132,7 +133,7 @@ def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
         chat = [render_prompt(tokenizer, q, CHAT) for q in [request.text, *request.questions]]
         prompts, contexts = prompts + chat, contexts + [""] * len(chat)
     neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours,
-                                       config.n_sibling_neighbours)
+                                       config.n_sibling_neighbours, scan)
     retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours))
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
     return TrainingContext(prompts=prompts, retain=retain, old_token=old_token, contexts=contexts)
@@ -187,9 +188,12 @@ def edit(
     timings["evaluate_before_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
+    # The localizer's corrupting-subject search and the hard-negative scan read the unedited model
+    # on the same filled templates: one scan serves both.
+    scan = PromptScan(model, tokenizer)
     localization = None
     if components is None:
-        localization = localize(model, tokenizer, request, config.localize)
+        localization = localize(model, tokenizer, request, config.localize, scan)
         components = localization.select_by(config.localize, get_adapter(model).num_layers(model))
         if not components and uses_localization(config.method):
             raise ValueError(f"no components to edit: {config.localize.method} localization selected none "
@@ -198,7 +202,7 @@ def edit(
     timings["localize_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    context = build_context(model, tokenizer, request, config.editor, bound)
+    context = build_context(model, tokenizer, request, config.editor, bound, scan)
     working = copy.deepcopy(model)
     freeze(working)
     timings["prepare_s"] = time.perf_counter() - tick

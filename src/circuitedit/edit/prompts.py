@@ -7,11 +7,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..evaluate.head_reductions import head_reductions
+from ..evaluate.prompt_scan import PromptScan
 from ..evaluate.reference_cache import ModelReferences, tokenizer_identity
 from ..evaluate.scoring import (
     input_device,
-    iter_last_token_hidden,
     padding_id,
     prompt_and_target_ids,
 )
@@ -96,9 +95,8 @@ def fill_without_double_article(request: EditRequest, subject: str) -> str:
     return request.fill(request.prompt, subject)
 
 
-@torch.no_grad()
 def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int,
-                          siblings: int = 0) -> list[str]:
+                          siblings: int = 0, scan: PromptScan | None = None) -> list[str]:
     """The edit template filled with other subjects, the neighbours an edit most easily drags along,
     so that the KL term holds their answers:
 
@@ -106,7 +104,10 @@ def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str
       (hard negatives: an edit that learned "old -> new" instead of "this subject -> new" flips them);
     - the `siblings` made-up siblings of the subject (shared first or last words) with the
       highest probability of the old object;
-    - the `count // 2` others the model answers most confidently (same kind of entity)."""
+    - the `count // 2` others the model answers most confidently (same kind of entity).
+
+    scan: the edit's PromptScan of the unedited model (the localizer's corrupting-subject search
+    reads the same prompts); None makes one."""
     if count <= 0:
         return []
     # Subjects of the request's neighbourhood probes are measured, never trained on.
@@ -119,12 +120,8 @@ def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str
     made_up = [s for s in sibling_subjects(request.subject, pool) if usable(s)] if siblings > 0 else []
     prompts = [fill_without_double_article(request, s) for s in others + made_up]
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
-    old_prob, top_prob = torch.zeros(len(prompts)), torch.zeros(len(prompts))
-    for indices, hidden in iter_last_token_hidden(model, tokenizer, prompts, batch_size=64):
-        # Two entries of each softmax row, without writing the (batch, V) logits out.
-        head = head_reductions(model, hidden, torch.full((len(indices), 1), old_token))
-        old_prob[indices] = head.log_probs()[:, 0].exp().cpu()
-        top_prob[indices] = (head.top_values[:, 0] - head.lse).exp().cpu()
+    stats = (scan or PromptScan(model, tokenizer)).stats(prompts, old_token)
+    old_prob, top_prob = stats.watched_prob(), stats.top_prob()
     hard = old_prob[: len(others)].argsort(descending=True)[:count].tolist()
     close = (len(others) + old_prob[len(others):].argsort(descending=True)[:siblings]).tolist()
     confident = [i for i in top_prob[: len(others)].argsort(descending=True).tolist() if i not in hard]

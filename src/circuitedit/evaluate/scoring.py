@@ -177,11 +177,13 @@ def object_logprobs(
 
 @torch.no_grad()
 def iter_last_token_hidden(
-    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16
+    model: nn.Module, tokenizer, prompts: Sequence[str], batch_size: int = 16, share_prefix: bool = False,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """(indices into `prompts`, (len(indices), H) final hidden states at their last token) per batch.
 
-    Prompts are batched by length, so short prompts are not padded to the longest one.
+    Prompts are batched by length, so short prompts are not padded to the longest one. With
+    `share_prefix`, the leading tokens every prompt of a batch has in common (a filled template's
+    BOS and "The") run once, and the rows continue from their keys and values.
     """
     device = input_device(model)
     encoded = [encode_text(tokenizer, p) for p in prompts]
@@ -190,12 +192,45 @@ def iter_last_token_hidden(
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         ids = [encoded[i] for i in indices]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
-        hidden = hidden_states(model, input_ids, mask)
-        last = torch.tensor([len(r) - 1 for r in ids], device=hidden.device)
+        shared = common_prefix_length(ids) if share_prefix and len(ids) > 1 else 0
+        rows = [r[shared:] for r in ids]
+        width = max(map(len, rows))
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        if shared:
+            hidden = continued_hidden_states(model, ids[0][:shared], input_ids, mask)
+        else:
+            hidden = hidden_states(model, input_ids, mask)
+        last = torch.tensor([len(r) - 1 for r in rows], device=hidden.device)
         yield indices, hidden[torch.arange(len(ids), device=hidden.device), last]
+
+
+def common_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Leading tokens all `rows` share, leaving each row at least its last token."""
+    limit = min(map(len, rows)) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def continued_hidden_states(model: nn.Module, prefix: Sequence[int], input_ids: torch.Tensor,
+                            attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) final hidden states of right-padded rows that all follow the same `prefix`
+    tokens; the prefix runs once and its keys and values serve every row."""
+    core = body(model)
+    prefix_ids = torch.tensor([list(prefix)], device=input_ids.device)
+    keyword = cache_keyword(core)
+    cache = getattr(core(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True), keyword)
+    mask = torch.cat([attention_mask.new_ones(input_ids.shape[0], len(prefix)), attention_mask], dim=1)
+    if not hasattr(cache, "batch_repeat_interleave"):  # a legacy tuple cache: run the rows whole
+        whole = torch.cat([prefix_ids.expand(input_ids.shape[0], -1), input_ids], dim=1)
+        return hidden_states(model, whole, mask)[:, len(prefix):]
+    cache.batch_repeat_interleave(input_ids.shape[0])
+    positions = len(prefix) + torch.arange(input_ids.shape[1], device=input_ids.device)
+    out = core(input_ids=input_ids, attention_mask=mask, position_ids=positions.expand(input_ids.shape[0], -1),
+               use_cache=True, **{keyword: cache})
+    return out.last_hidden_state
 
 
 @torch.no_grad()

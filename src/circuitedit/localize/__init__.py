@@ -19,9 +19,11 @@ from .base import (
 from .patching import LocalizationError
 
 
-def localize(model, tokenizer, request, config: LocalizeConfig | None = None) -> LocalizationResult:
+def localize(model, tokenizer, request, config: LocalizeConfig | None = None, scan=None) -> LocalizationResult:
+    """scan: a PromptScan of this model that other work on the same edit reads too (None: the
+    localizer makes its own where it needs one)."""
     config = config or LocalizeConfig()
-    return get_localizer(config.method)(model, tokenizer, request, config)
+    return get_localizer(config.method)(model, tokenizer, request, config, scan=scan)
 
 
 __all__ = [

@@ -52,10 +52,10 @@ def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size:
 
 
 @register("activation")
-def activation(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def activation(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)
-    setups = localization_setups(model, tokenizer, request, config)
+    setups = localization_setups(model, tokenizer, request, config, scan)
     results = [activation_patching_scores(model, adapter, s) for s in setups]
     return LocalizationResult(
         method="activation", scores=mean_over_prompts([r[0] for r in results]),

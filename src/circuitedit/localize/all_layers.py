@@ -12,7 +12,7 @@ from .random_baseline import POSITION
 
 
 @register("all-layers")
-def all_layers(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def all_layers(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     comps = get_adapter(model).all_layer_components(model)
     return LocalizationResult(method="all-layers", scores=[ComponentScore(c, POSITION, 1.0) for c in comps],

@@ -53,10 +53,10 @@ def attribution_scores(model, adapter, setup: PatchingSetup) -> list[ComponentSc
 
 
 @register("attribution")
-def attribution(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def attribution(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)
-    setups = localization_setups(model, tokenizer, request, config)
+    setups = localization_setups(model, tokenizer, request, config, scan)
     per_prompt = [attribution_scores(model, adapter, s) for s in setups]
     return LocalizationResult(
         method="attribution", scores=mean_over_prompts(per_prompt), passes=3 * len(setups),

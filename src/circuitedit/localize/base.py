@@ -113,7 +113,9 @@ class LocalizationResult:
 class Localizer(Protocol):
     name: str
 
-    def __call__(self, model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult: ...
+    # scan: the edit's PromptScan (evaluate/prompt_scan.py) of the unedited model, shared with the
+    # hard-negative scan; a localizer that scores pool subjects reads it, the others ignore it.
+    def __call__(self, model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult: ...
 
 
 LOCALIZERS: dict[str, Callable[..., LocalizationResult]] = {}

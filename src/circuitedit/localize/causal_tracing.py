@@ -198,7 +198,7 @@ def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZ
 
 
 @register("causal-tracing")
-def causal_tracing(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def causal_tracing(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)
     prompts = fact_prompts(model, tokenizer, request, config, noise=True)

@@ -98,11 +98,11 @@ def lookup_scores(model, adapter, setup: PatchingSetup, layers: list[int]) -> tu
 
 
 @register("fact-lookup")
-def fact_lookup(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def fact_lookup(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)
     layers = lookup_layers(adapter.num_layers(model))
-    setups = localization_setups(model, tokenizer, request, config)
+    setups = localization_setups(model, tokenizer, request, config, scan)
     results = [lookup_scores(model, adapter, s, layers) for s in setups]
     lens = [sum(col) / len(col) for col in zip(*(r[1] for r in results), strict=True)] if results[0][1] else []
     return LocalizationResult(

@@ -69,7 +69,7 @@ def gradient_scores(model, adapter, prompt: FactPrompt) -> list[ComponentScore]:
 
 
 @register("gradient")
-def gradient(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def gradient(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)
     prompts = fact_prompts(model, tokenizer, request, config, noise=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..evaluate.head_reductions import head_reductions
+from ..evaluate.prompt_scan import PromptScan
 from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
 from ..models.arch import ArchitectureAdapter
 from ..models.components import HEAD, MLP, Component
@@ -142,8 +142,12 @@ def prepare_setup(
     subject_pool: Sequence[str],
     noise_scale: float = 3.0,
     seed: int = 0,
+    scan: PromptScan | None = None,
 ) -> PatchingSetup:
-    """Corrupt by another subject of the same token length whose answer differs; noise otherwise."""
+    """Corrupt by another subject of the same token length whose answer differs; noise otherwise.
+
+    scan: the edit's PromptScan of this model (the hard-negative scan reads the same prompts);
+    None makes one."""
     from ..evaluate.scoring import prompt_and_target_ids
 
     device = input_device(model)
@@ -162,17 +166,13 @@ def prepare_setup(
         if len(other_ids) == len(ids) and other_pos == subj_pos:
             candidates.append((other, other_ids))
     if candidates:
-        batch = torch.tensor([c[1] for c in candidates], device=device)
-        # The argmax and the answer's logit from the head in chunks, never the (B, V) logits.
-        head = head_reductions(model, hidden_states(model, batch, torch.ones_like(batch))[:, last],
-                               torch.full((len(candidates), 1), answer))
-        top = head.top_index
-        margin = head.picked[:, 0] - head.top_values[:, 0]  # <= 0; most negative = most different
-        order = torch.argsort(margin)
-        for idx in order.tolist():
-            if top[idx].item() != answer:
-                return PatchingSetup(clean, batch[idx:idx + 1], None, subj_pos, last, answer,
-                                     int(top[idx]), f"subject swap: {candidates[idx][0]!r}")
+        stats = (scan or PromptScan(model, tokenizer)).stats([template.replace("{}", c[0]) for c in candidates], answer)
+        margin = stats.watched_logit - stats.top_logit  # <= 0; most negative = most different
+        for idx in torch.argsort(margin).tolist():
+            if int(stats.top_token[idx]) != answer:
+                corrupt = torch.tensor([candidates[idx][1]], device=device)
+                return PatchingSetup(clean, corrupt, None, subj_pos, last, answer,
+                                     int(stats.top_token[idx]), f"subject swap: {candidates[idx][0]!r}")
     # Fallback: ROME-style Gaussian noise on the subject embeddings.
     emb = model.get_input_embeddings()
     std = emb.weight.float().std().item()

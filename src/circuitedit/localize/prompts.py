@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from ..evaluate.facts import subject_pool
+from ..evaluate.prompt_scan import PromptScan
 from .patching import LocalizationError, PatchingSetup, prepare_setup
 
 
-def localization_setups(model, tokenizer, request, config) -> list[PatchingSetup]:
+def localization_setups(model, tokenizer, request, config, scan: PromptScan | None = None) -> list[PatchingSetup]:
     templates = [request.prompt] + (list(request.paraphrases) if config.use_paraphrases else [])
     pool = subject_pool()
     setups = []
     for template in templates:
         try:
-            setups.append(prepare_setup(model, tokenizer, template, request, pool, config.noise_scale, config.seed))
+            setups.append(prepare_setup(model, tokenizer, template, request, pool, config.noise_scale, config.seed,
+                                        scan=scan))
         except LocalizationError:
             if template == request.prompt:
                 raise

@@ -15,7 +15,7 @@ POSITION = "all"  # random and all-layers scores belong to no position group
 
 
 @register("random")
-def random_components(model, tokenizer, request, config: LocalizeConfig) -> LocalizationResult:
+def random_components(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     comps = get_adapter(model).all_layer_components(model)
     values = np.random.default_rng(config.seed).random(len(comps))
