@@ -98,3 +98,22 @@ def test_shortlisted_reductions_with_the_tail_equal_the_full_ones():
     with pytest.raises(ValueError, match="shortlist"):
         head_reductions(model, hidden, torch.full((4, 1), 1), shortlist=reductions_module.Shortlist.of(
             model, torch.tensor([2, 3])))
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_top_is_the_argmax_and_the_top_two_of_the_full_logits(softcap, dtype, monkeypatch):
+    monkeypatch.setattr(reductions_module, "CHUNK_COLUMNS", 7)
+    model, _ = tiny_model("gemma3_text")
+    model.config.final_logit_softcapping = softcap
+    model.to(dtype)
+    hidden = torch.randn(6, model.config.hidden_size, generator=torch.Generator().manual_seed(1)).to(dtype)
+    head = model.get_output_embeddings()
+    head.weight.data[11] = head.weight.data[4]  # an exact tie: the lower id wins, as argmax
+    hidden[5] = head.weight.data[4] * 4
+    logits = logits_from_hidden(model, hidden)
+    index, values = reductions_module.head_top(model, hidden, k=2)
+    assert index.tolist() == logits.argmax(-1).tolist() and int(index[5]) == 4
+    torch.testing.assert_close(values, logits.topk(2, -1).values)
+    one_index, one_value = reductions_module.head_top(model, hidden)
+    assert torch.equal(one_index, index) and torch.equal(one_value[:, 0], values[:, 0])

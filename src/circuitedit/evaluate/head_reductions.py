@@ -165,6 +165,32 @@ def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor |
     return HeadReductions(pick, lse, picked, weighted, mass, top_values, top_index, top_tokens)
 
 
+@torch.no_grad()
+def head_top(model: nn.Module, hidden: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) argmax of the LM-head logits of `hidden` (N, H), the lowest token id among ties as
+    torch.argmax, and (N, k) the k largest logits in fp32, k at most 2: what greedy decoding
+    needs. Chunked like `head_reductions` but without its softmax sums, ~40% of a decoding
+    step's head time there (the bf16 logits compare exactly as their fp32 copies would)."""
+    head = model.get_output_embeddings()
+    weight, bias = head.weight, getattr(head, "bias", None)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    x = hidden.reshape(-1, hidden.shape[-1]).to(weight.device, weight.dtype).contiguous()
+    top_values = torch.full((x.shape[0], k), float("-inf"), device=x.device)
+    top_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    for start in range(0, weight.shape[0], CHUNK_COLUMNS):
+        z = x @ weight[start:start + CHUNK_COLUMNS].T  # (N, C)
+        if bias is not None:
+            z = z + bias[start:start + CHUNK_COLUMNS]
+        if cap:
+            z = _cap(z.float(), cap)
+        best = z.max(-1)
+        ahead = best.values.float() > top_values[:, 0]  # strict: ties keep the lowest token id
+        top_index = torch.where(ahead, best.indices + start, top_index)
+        values = best.values.float()[:, None] if k == 1 else z.topk(min(k, z.shape[1]), -1).values.float()
+        top_values = torch.cat([top_values, values], 1).topk(k, -1).values
+    return top_index, top_values
+
+
 @dataclass
 class Shortlist:
     """A few thousand of the vocabulary's tokens and their LM-head rows: the only logits a

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .head_reductions import head_reductions
+from .head_reductions import head_reductions, head_top
 
 CLOZE = "cloze"
 CHAT = "chat"
@@ -166,10 +166,13 @@ def object_logprobs(
     scores: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
         batch = build_batch(tokenizer, prompts[start:start + batch_size], objects[start:start + batch_size], device)
-        logp = torch.log_softmax(selected_logits(model, batch), dim=-1)
-        token_lp = logp.gather(1, batch.targets.to(logp.device)[:, None]).squeeze(1)
-        summed = torch.zeros(len(batch.last_positions), device=logp.device).index_add_(
-            0, batch.owners.to(logp.device), token_lp
+        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
+        # Each target's log-probability from the head in chunks, never the (N, V) log-softmax.
+        head = head_reductions(model, hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)],
+                               batch.targets[:, None])
+        token_lp = head.log_probs()[:, 0]
+        summed = torch.zeros(len(batch.last_positions), device=token_lp.device).index_add_(
+            0, batch.owners.to(token_lp.device), token_lp
         )
         scores.append(summed.cpu())
     return torch.cat(scores) if scores else torch.zeros(0)
@@ -298,11 +301,12 @@ def greedy_generate(
             out = body(model)(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                               use_cache=True, **{cache_kw: past})
             past = getattr(out, cache_kw)
-            # The argmax and top-2 of each row from the head in chunks, never the (B, V) logits.
-            head = head_reductions(model, out.last_hidden_state[:, -1])
+            # The argmax (and at the first token the top-2) of each row from the head in chunks,
+            # never the (B, V) logits.
+            top_index, top_values = head_top(model, out.last_hidden_state[:, -1], k=2 if step == 0 else 1)
             if step == 0:
-                output.first_margins.extend((head.top_values[:, 0] - head.top_values[:, 1]).tolist())
-            next_ids = head.top_index.to(device)
+                output.first_margins.extend((top_values[:, 0] - top_values[:, 1]).tolist())
+            next_ids = top_index.to(device)
             for index, token in zip(live, next_ids.tolist(), strict=True):
                 if index in finished:
                     continue
