@@ -21,7 +21,6 @@ from torch import nn
 from ..evaluate.head_reductions import HeadReductions
 from ..evaluate.scoring import TeacherForcedBatch, build_batch, hidden_states, input_device
 from .frozen_context import build_frozen_context_batch
-from .fused_norm import fused_gemma_norms
 from .retain import RetainSet, ShortlistedReference
 from .shortlisted_head import ShortlistedHead
 
@@ -87,10 +86,6 @@ class StageConfig:
     # against 35.8 (0.85x the time) but forget 0.924 vs 0.955; slack 1: 30.8 steps, forget 0.939,
     # held-out paraphrases 0.455 vs 0.477. Not the default: it trades forgetting for speed.
     focus_slack: float | None = None
-    # Gemma's RMSNorms as one autograd node each while the stage trains (edit/fused_norm.py; other
-    # families are unaffected): the same forward bits, the backward equal up to fp32 rounding,
-    # ~5% off a training step on 2 CPU cores.
-    fused_norm: bool = True
 
     def validate(self, stage: str) -> None:
         """Raise a ValueError naming the first field (as `editor.STAGE.FIELD`) that cannot train."""
@@ -266,7 +261,7 @@ def train_stage(
     terms are zero with zero gradient, and their forward pass (most of a step) is skipped.
     contexts: per prompt, its leading text that `config.frozen_context` runs only once.
     """
-    with attention_kernel(model, config.attention), fused_gemma_norms(model, config.fused_norm):
+    with attention_kernel(model, config.attention):
         start = time.perf_counter()
         log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
         device = input_device(model)
