@@ -169,8 +169,9 @@ def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor |
 def head_top(model: nn.Module, hidden: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) argmax of the LM-head logits of `hidden` (N, H), the lowest token id among ties as
     torch.argmax, and (N, k) the k largest logits in fp32, k at most 2: what greedy decoding
-    needs. Chunked like `head_reductions` but without its softmax sums, ~40% of a decoding
-    step's head time there (the bf16 logits compare exactly as their fp32 copies would)."""
+    needs. Chunked like `head_reductions` but without its softmax sums (a 96-probe greedy
+    snapshot of Gemma-3-270M on 2 CPU cores: 2.0 s against 2.3-2.4 s); the bf16 logits compare
+    exactly as their fp32 copies would."""
     head = model.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
     cap = getattr(model.config, "final_logit_softcapping", None)

@@ -60,7 +60,7 @@ class PromptScan:
                        head.lse.tolist(), strict=True)
             for index, row in zip(indices, rows, strict=True):
                 self._memo[(missing[index], watched)] = row
-        top, top_logit, watched_logit, lse = zip(*(self._memo[(p, watched)] for p in prompts), strict=True) \
-            if prompts else ((), (), (), ())
-        return NextTokenStats(torch.tensor(top, dtype=torch.long), torch.tensor(top_logit),
-                              torch.tensor(watched_logit), torch.tensor(lse))
+        rows = [self._memo[(p, watched)] for p in prompts]
+        return NextTokenStats(torch.tensor([r[0] for r in rows], dtype=torch.long),
+                              torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows]),
+                              torch.tensor([r[3] for r in rows]))
