@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from ..evaluate.prompt_scan import PromptScan
-from ..evaluate.scoring import encode_text, hidden_states, input_device, logits_from_hidden
+from ..evaluate.scoring import (
+    encode_text,
+    hidden_states,
+    input_device,
+    logits_from_hidden,
+    prompt_and_target_ids,
+)
 from ..models.arch import ArchitectureAdapter
 from ..models.components import HEAD, MLP, Component
 from ..requests import EditRequest
@@ -148,8 +154,6 @@ def prepare_setup(
 
     scan: the edit's PromptScan of this model (the hard-negative scan reads the same prompts);
     None makes one."""
-    from ..evaluate.scoring import prompt_and_target_ids
-
     device = input_device(model)
     ids, subj_pos = subject_token_positions(tokenizer, template, request.subject)
     answer = prompt_and_target_ids(tokenizer, template.replace("{}", request.subject), request.old_object)[1][0]
