@@ -135,6 +135,13 @@ def test_not_a_model_directory(tmp_path, capsys):
     _assert_user_error(argv, capsys, out, "not a model directory")
 
 
+@pytest.mark.parametrize("missing", ["{tmp}/no-such-model", "./no-such-model", "runs/eiffel/model"])
+def test_a_missing_model_directory_is_named_without_asking_the_hub(missing, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--model", missing.format(tmp=tmp_path), "--device", "cpu", "--out", str(out)]
+    _assert_user_error(argv, capsys, out, "no such model directory")
+
+
 def test_ask_answers_with_a_tiny_model(saved_tiny, capsys):
     code = main(["ask", "The Eiffel Tower is located in", "Paris is", "--model", str(saved_tiny),
                  "--dtype", "fp32", "--device", "cpu", "--max-new-tokens", "3", "--json"])

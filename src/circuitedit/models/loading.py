@@ -186,11 +186,20 @@ def cached_checkpoint(alias: str, cache: Path | None = None) -> Path:
     return target
 
 
+def looks_like_path(name: str) -> bool:
+    """A name that can only mean a local directory: a hub id is `name` or `owner/name`, never
+    absolute, relative to `.`/`~`, or with more than one separator."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name
+            or name.count("/") > 1 or name.endswith("/"))
+
+
 def resolve_source(name_or_path: str | None) -> tuple[str, str]:
     """(path or hub id to load, display name)."""
     name = name_or_path or DEFAULT_MODEL
     if name in ALIASES:
         return str(cached_checkpoint(name)), name
+    if looks_like_path(name):
+        return str(Path(name).expanduser()), name
     return name, name
 
 
@@ -208,9 +217,11 @@ def load_model(
 
     source, display = resolve_source(name_or_path)
     if name_or_path and name_or_path not in ALIASES:
-        path = Path(name_or_path)
+        path = Path(source)
         if path.exists() and not (path / "config.json").exists():
             raise ModelLoadError(f"{name_or_path}: not a model directory (no config.json)")
+        if not path.exists() and looks_like_path(name_or_path):
+            raise ModelLoadError(f"{name_or_path}: no such model directory (and not a Hugging Face id)")
     device = device or default_device()
     check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
