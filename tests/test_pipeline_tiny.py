@@ -151,6 +151,12 @@ def test_edit_config_round_trip():
     assert EditConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(ValueError, match="unknown key"):
         EditConfig.from_dict({"localise": {"top_k": 2}})
+    with pytest.raises(ValueError, match=r"^config: localize\.topk: unknown field \(known: method, top_k, "):
+        EditConfig.from_dict({"localize": {"topk": 2}})
+    with pytest.raises(ValueError, match=r"^config: editor\.learn\.learning_rate: unknown field \(known: lr, "):
+        EditConfig.from_dict({"editor": {"learn": {"learning_rate": 0.1}}})
+    with pytest.raises(ValueError, match=r"^config: evaluate: expected a mapping, got list"):
+        EditConfig.from_dict({"evaluate": [1]})
 
 
 def test_the_default_config_is_valid():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
@@ -71,19 +71,29 @@ class EditConfig:
         unknown = set(data) - {"method", "localize", "editor", "evaluate"}
         if unknown:
             raise ValueError(f"config: unknown key(s): {', '.join(sorted(unknown))}")
-        try:
-            editor = dict(data.get("editor", {}))
-            for stage in ("unlearn", "learn"):
-                if stage in editor:
-                    editor[stage] = StageConfig(**editor[stage])
-            return cls(
-                method=data.get("method", "unlearn-then-learn"),
-                localize=LocalizeConfig(**data.get("localize", {})),
-                editor=EditorConfig(**editor),
-                evaluate=EvalConfig(**data.get("evaluate", {})),
-            )
-        except TypeError as exc:  # an unknown or misplaced key in a section
-            raise ValueError(f"config: {exc}") from None
+        editor = dict(_section(data, "editor", EditorConfig))
+        for stage in ("unlearn", "learn"):
+            if stage in editor:
+                editor[stage] = StageConfig(**_section(editor, stage, StageConfig, "editor."))
+        return cls(
+            method=data.get("method", "unlearn-then-learn"),
+            localize=LocalizeConfig(**_section(data, "localize", LocalizeConfig)),
+            editor=EditorConfig(**editor),
+            evaluate=EvalConfig(**_section(data, "evaluate", EvalConfig)),
+        )
+
+
+def _section(data: dict, name: str, config_class: type, prefix: str = "") -> dict:
+    """`data[name]` as keyword arguments of `config_class`; a key it has no field for, or a
+    section that is not a mapping, fails with a ValueError naming it."""
+    values = data.get(name) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"config: {prefix}{name}: expected a mapping, got {type(values).__name__}")
+    known = [f.name for f in fields(config_class)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"config: {prefix}{name}.{unknown[0]}: unknown field (known: {', '.join(known)})")
+    return values
 
 
 @dataclass
