@@ -179,7 +179,8 @@ ROME_RECORD = json.loads((FIXTURES / "ce_counterfact_rome.json").read_text())[0]
          "record 0: new_object: equals old_object"),
         ("noprompt.json", json.dumps([{"subject": "Mount Fuji", "src": "Where is it?", "answers": ["Japan"]}]),
          "zsre", "record 0: missing field 'alt'"),
-        ("wrong.csv", "name,sport\nMichael Jordan,basketball\n", "sports", "record 0: missing field 'athlete'"),
+        ("wrong.csv", "name,sport\nMichael Jordan,basketball\n", "sports",
+         "must be Sports Facts (columns athlete, sport); missing column(s) athlete among name, sport"),
     ],
 )
 def test_bad_dataset_files_fail_naming_file_and_record(tmp_path, name, text, fmt, expected):

@@ -117,9 +117,15 @@ def load_sports(path: Path, seed: int = 0) -> list[EditRequest]:
     rng = random.Random(seed)
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
     except csv.Error as exc:
         raise DatasetError(f"{path}: invalid CSV ({exc})") from None
+    missing = [c for c in ("athlete", "sport") if c not in columns]
+    if rows and missing:  # a CSV is read as Sports Facts, the one CSV schema; say so rather than fail per row
+        raise DatasetError(f"{path}: a CSV of requests must be Sports Facts (columns athlete, sport); "
+                           f"missing column(s) {', '.join(missing)} among {', '.join(columns)}")
 
     def convert(row: dict) -> EditRequest:
         athlete, sport = row["athlete"].strip(), row["sport"].strip()
