@@ -4,10 +4,12 @@
 
 Prints a markdown table: load, evaluation, localization, preparation, each training stage
 (steps, seconds) and the total, as the median of N edits (each in a fresh process, so nothing
-is kept in memory between them). Each repeat times the edit twice, as the CLI runs it: first
-with an empty reference cache ("cold": the first edit of a model computes the unedited model's
-control answers and sampled prefixes and stores them), then reading what that run stored
-("warm": every later edit of the model). With --against, the same edit also runs on the code of
+is kept in memory between them). Each repeat times the edit three times, as the CLI runs it:
+first with an empty reference cache ("cold": the first edit of a model computes the unedited
+model's control answers, sampled prefixes and scan of the edit template and stores them), then
+reading what that run stored ("warm": a later edit of the model with the same template), then
+reading all of it but the template's scan ("warm, new template": a later edit of the model with
+a template it has not scanned). With --against, the same edit also runs on the code of
 GIT_REF (a git worktree in a temporary directory; timed warm too where it has a reference
 cache), alternating old and new, and the table gains the old medians and the ratio to the warm runs:
 shared machines are noisy, so compare ratios measured in one run.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +70,7 @@ def phases(run: dict) -> list[tuple[str, str, float]]:
     rows = [("load model (safetensors cache)", "", run["load_s"]),
             ("fingerprint the model (reference cache key)", "", t.get("fingerprint_s", 0.0)),
             ("evaluate before (probes + control facts)", "", t["evaluate_before_s"]),
+            ("scan the template filled with the pool subjects", "", t.get("scan_s", 0.0)),
             ("localize (attribution patching)", f"{run['passes']} passes", t["localize_s"]),
             ("prepare (prefixes, hard negatives, retain set, model copy)", "", t["prepare_s"])]
     for name, steps, seconds, *full in run["stages"]:
@@ -93,7 +97,7 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="a git ref to time the same edit on")
     args = parser.parse_args()
 
-    cold_runs, warm_runs, old_runs = [], [], []
+    cold_runs, warm_runs, new_template_runs, old_runs = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         old_src = None
         if args.against:
@@ -106,6 +110,9 @@ def main() -> None:
                 references = Path(tmp) / f"references-{repeat}"  # empty: this repeat's cold run fills it
                 cold_runs.append(run_child(ROOT / "src", args, references))
                 warm_runs.append(run_child(ROOT / "src", args, references))
+                unscanned = Path(tmp) / f"references-{repeat}-new-template"
+                shutil.copytree(references, unscanned, ignore=shutil.ignore_patterns("scan-*"))
+                new_template_runs.append(run_child(ROOT / "src", args, unscanned))
                 if old_src:
                     # Old code with a reference cache is timed warm too (its first run fills it);
                     # code from before the cache computes everything each time.
@@ -114,6 +121,7 @@ def main() -> None:
                     if "fingerprint_s" in old_runs[-1]["timings"]:
                         old_runs[-1] = run_child(old_src, args, old_references)
                 print(f"run {repeat + 1}/{args.repeats}: warm {warm_runs[-1]['timings']['total_s']:.1f} s, "
+                      f"new template {new_template_runs[-1]['timings']['total_s']:.1f} s, "
                       f"cold {cold_runs[-1]['timings']['total_s']:.1f} s"
                       + (f" (against: {old_runs[-1]['timings']['total_s']:.1f} s)" if old_src else ""),
                       file=sys.stderr, flush=True)
@@ -124,16 +132,17 @@ def main() -> None:
     last = warm_runs[-1]
     print(f"\nEdit: request {args.request}, components {', '.join(last['components'])}; "
           f"median of {args.repeats} runs, each in a fresh process\n")
-    warm, cold = median_rows(warm_runs), median_rows(cold_runs)
-    header = "| phase | work | seconds (warm) | seconds (cold) |"
-    rule = "|---|---|---:|---:|"
+    warm, cold, new_template = median_rows(warm_runs), median_rows(cold_runs), median_rows(new_template_runs)
+    header = "| phase | work | seconds (warm) | seconds (warm, new template) | seconds (cold) |"
+    rule = "|---|---|---:|---:|---:|"
     if old_runs:
         header += f" {args.against}: work | {args.against}: seconds | warm / {args.against} |"
         rule += "---|---:|---:|"
     print(header + "\n" + rule)
     old = median_rows(old_runs) if old_runs else [None] * len(warm)
-    for (name, work, seconds), (_, _, cold_seconds), before in zip(warm, cold, old, strict=True):
-        line = f"| {name} | {work} | {seconds:.1f} | {cold_seconds:.1f} |"
+    for (name, work, seconds), (_, _, unscanned_seconds), (_, _, cold_seconds), before in zip(
+            warm, new_template, cold, old, strict=True):
+        line = f"| {name} | {work} | {seconds:.1f} | {unscanned_seconds:.1f} | {cold_seconds:.1f} |"
         if before is not None:
             ratio = f"{seconds / before[2]:.2f}" if before[2] else "-"
             line += f" {before[1]} | {before[2]:.1f} | {ratio} |"

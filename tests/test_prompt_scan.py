@@ -85,3 +85,33 @@ def test_localizer_and_hard_negatives_share_one_scan(eiffel, monkeypatch):
     assert neighbours == same_template_prompts(model, tokenizer, eiffel, pool, count=2)
     assert len(calls) == 2 and set(calls[0]) <= set(calls[1])  # the search's prompts are the scan's
     assert len(scan._memo) == len(calls[1])
+
+
+def test_preloaded_stats_do_not_depend_on_what_is_asked_first_and_are_read_back_exactly(tmp_path, monkeypatch):
+    from circuitedit.evaluate import prompt_scan as module
+    from circuitedit.evaluate.reference_cache import ReferenceCache
+
+    model, tokenizer = tiny_model("gemma3_text")
+    model = model.float()
+    watched = tokenizer(" Paris", add_special_tokens=False)["input_ids"][0]
+    prompts = [TEMPLATE.format(s) for s in SUBJECTS]
+    whole = PromptScan(model, tokenizer, batch_size=2)
+    whole.preload(prompts, watched)
+    subset_first = PromptScan(model, tokenizer, batch_size=2)
+    subset_first.preload(prompts, watched)
+    expected = whole.stats(prompts, watched)
+    # Asked for a subset in another order, a preloaded scan gives the preloaded numbers.
+    picked = subset_first.stats(prompts[3:0:-1], watched)
+    assert torch.equal(picked.lse, expected.lse[[3, 2, 1]])
+
+    references = ReferenceCache(tmp_path).for_model(model)
+    PromptScan(model, tokenizer, batch_size=2).preload(prompts, watched, references)
+    monkeypatch.setattr(module, "iter_last_token_hidden", lambda *a, **k: pytest.fail("scanned again"))
+    again = PromptScan(model, tokenizer, batch_size=2)
+    again.preload(prompts, watched, ReferenceCache(tmp_path).for_model(model))
+    back = again.stats(prompts, watched)
+    for field in ("top_token", "top_logit", "watched_logit", "lse"):
+        assert torch.equal(getattr(back, field), getattr(expected, field))
+    other = PromptScan(model, tokenizer, batch_size=2)
+    with pytest.raises(pytest.fail.Exception, match="scanned again"):  # another watched token is another entry
+        other.preload(prompts, watched + 1, ReferenceCache(tmp_path).for_model(model))

@@ -11,8 +11,9 @@ import torch
 
 from circuitedit import EditRequest, edit
 from circuitedit.cli import main
+from circuitedit.edit.prompts import template_scan_prompts
 from circuitedit.evaluate import runner
-from circuitedit.evaluate.facts import control_facts
+from circuitedit.evaluate.facts import control_facts, subject_pool
 from circuitedit.evaluate.reference_cache import ReferenceCache, model_fingerprint
 from circuitedit.evaluate.runner import Snapshot, cached_control_snapshot, control_snapshot
 from test_pipeline_tiny import REQUEST, small_config
@@ -85,14 +86,25 @@ def test_edits_that_read_the_cache_measure_what_a_fresh_snapshot_would(tmp_path,
     baseline = control_snapshot(model, tokenizer, request, control_facts(), config.evaluate)
     plain = edit(model, tokenizer, request, config, control_baseline=baseline)
     first = edit(model, tokenizer, request, config, references=ReferenceCache(tmp_path))
-    assert {p.name.split("-")[0] for p in tmp_path.iterdir()} == {"controls", "prefixes"}
+    assert {p.name.split("-")[0] for p in tmp_path.iterdir()} == {"controls", "prefixes", "scan"}
 
     def never(*args, **kwargs):
         raise AssertionError("recomputed a stored reference")
 
     monkeypatch.setattr(runner, "control_snapshot", never)
     monkeypatch.setattr(importlib.import_module("circuitedit.edit.prompts"), "generated_prefixes", never)
+    scanned = []
+    scan_module = importlib.import_module("circuitedit.evaluate.prompt_scan")
+    real_scan = scan_module.iter_last_token_hidden
+
+    def recording_scan(model, tokenizer, prompts, *args, **kwargs):
+        scanned.extend(prompts)
+        return real_scan(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(scan_module, "iter_last_token_hidden", recording_scan)
     second = edit(model, tokenizer, request, config, references=ReferenceCache(tmp_path))
+    template_prompts = set(template_scan_prompts(request, subject_pool()))
+    assert not template_prompts & set(scanned)  # the template's scan was read back, not run again
     for result in (first, second):
         assert [r.to_dict() for r in result.rows] == [r.to_dict() for r in plain.rows]
         assert result.metrics == plain.metrics and result.timings["fingerprint_s"] > 0
@@ -124,5 +136,5 @@ def test_the_cli_keeps_references_unless_told_not_to(saved_tiny, tmp_path, capsy
     assert main([*args, "--no-reference-cache"]) == 0
     assert not root.exists()
     assert main(args) == 0
-    assert {p.name.split("-")[0] for p in root.glob("*.json")} == {"controls", "prefixes"}
+    assert {p.name.split("-")[0] for p in root.glob("*.json")} == {"controls", "prefixes", "scan"}
     capsys.readouterr()

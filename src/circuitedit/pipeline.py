@@ -14,6 +14,7 @@ from .edit.base import freeze, uses_localization
 from .edit.prompts import (
     cached_prefixes,
     same_template_prompts,
+    template_scan_prompts,
     training_contexts,
     training_prompts,
 )
@@ -201,6 +202,14 @@ def edit(
     # The localizer's corrupting-subject search and the hard-negative scan read the unedited model
     # on the same filled templates: one scan serves both.
     scan = PromptScan(model, tokenizer)
+    if config.editor.n_template_neighbours > 0:
+        # One canonical scan of the template (kept in `references`), so that the localizer and the
+        # hard-negative scan read the same bits whatever else ran, and a later edit of the same
+        # template reads them back.
+        old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
+        scan.preload(template_scan_prompts(request, subject_pool()), old_token, bound)
+    timings["scan_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
     localization = None
     if components is None:
         localization = localize(model, tokenizer, request, config.localize, scan)

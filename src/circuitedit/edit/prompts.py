@@ -95,6 +95,14 @@ def fill_without_double_article(request: EditRequest, subject: str) -> str:
     return request.fill(request.prompt, subject)
 
 
+def template_scan_prompts(request: EditRequest, pool: Sequence[str]) -> list[str]:
+    """The edit template filled with every pool subject, as the hard-negative scan fills it and
+    as the localizer's search for a corrupting subject does (they differ for a "the" subject):
+    what an edit's scans read on the unedited model, independent of the subject itself."""
+    filled = [fill_without_double_article(request, s) for s in pool]
+    return list(dict.fromkeys(filled + [request.prompt.replace("{}", s) for s in pool]))
+
+
 def same_template_prompts(model, tokenizer, request: EditRequest, pool: list[str], count: int,
                           siblings: int = 0, scan: PromptScan | None = None) -> list[str]:
     """The edit template filled with other subjects, the neighbours an edit most easily drags along,
