@@ -75,19 +75,23 @@ class PromptScan:
         for prompt, (top, top_logit, watched_logit, lse) in zip(unique, rows, strict=True):
             self._memo[(prompt, watched)] = (int(top), float(top_logit), float(watched_logit), float(lse))
 
-    @torch.no_grad()
     def stats(self, prompts: Sequence[str], watched: int) -> NextTokenStats:
         missing = [p for p in dict.fromkeys(prompts) if (p, watched) not in self._memo]
+        if missing:
+            self._scan(missing, watched)
+        rows = [self._memo[(p, watched)] for p in prompts]
+        return NextTokenStats(torch.tensor([r[0] for r in rows], dtype=torch.long),
+                              torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows]),
+                              torch.tensor([r[3] for r in rows]))
+
+    @torch.no_grad()
+    def _scan(self, prompts: list[str], watched: int) -> None:
         # The rows of a filled template share its leading tokens, run once per batch.
-        for indices, hidden in [] if not missing else iter_last_token_hidden(self.model, self.tokenizer, missing, self.batch_size,
+        for indices, hidden in iter_last_token_hidden(self.model, self.tokenizer, prompts, self.batch_size,
                                                       share_prefix=True):
             # Three numbers of each softmax row, without writing the (batch, V) logits out.
             head = head_reductions(self.model, hidden, torch.full((len(indices), 1), watched))
             rows = zip(head.top_index.tolist(), head.top_values[:, 0].tolist(), head.picked[:, 0].tolist(),
                        head.lse.tolist(), strict=True)
             for index, row in zip(indices, rows, strict=True):
-                self._memo[(missing[index], watched)] = row
-        rows = [self._memo[(p, watched)] for p in prompts]
-        return NextTokenStats(torch.tensor([r[0] for r in rows], dtype=torch.long),
-                              torch.tensor([r[1] for r in rows]), torch.tensor([r[2] for r in rows]),
-                              torch.tensor([r[3] for r in rows]))
+                self._memo[(prompts[index], watched)] = row
