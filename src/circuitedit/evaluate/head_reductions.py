@@ -176,18 +176,28 @@ def head_top(model: nn.Module, hidden: torch.Tensor, k: int = 1) -> tuple[torch.
     weight, bias = head.weight, getattr(head, "bias", None)
     cap = getattr(model.config, "final_logit_softcapping", None)
     x = hidden.reshape(-1, hidden.shape[-1]).to(weight.device, weight.dtype).contiguous()
+    # In fp32 the chunk's logits are computed as the tall product W_chunk @ x.T: for 2-96 rows it
+    # ran 1.5-3.5x faster than x @ W_chunk.T on 2 AVX2 cores (MKL picks a poor kernel for the
+    # short, wide one). bf16 keeps the measured x @ W_chunk.T (a 96-probe snapshot 2.0 s).
+    tall = weight.dtype == torch.float32 and x.device.type == "cpu"
+    xt = x.T.contiguous() if tall else None  # (H, N)
     top_values = torch.full((x.shape[0], k), float("-inf"), device=x.device)
     top_index = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    columns = -1 if not tall else 0  # the logits' vocabulary dimension
     for start in range(0, weight.shape[0], CHUNK_COLUMNS):
-        z = x @ weight[start:start + CHUNK_COLUMNS].T  # (N, C)
+        z = weight[start:start + CHUNK_COLUMNS] @ xt if tall else x @ weight[start:start + CHUNK_COLUMNS].T
         if bias is not None:
-            z = z + bias[start:start + CHUNK_COLUMNS]
+            z = z + (bias[start:start + CHUNK_COLUMNS, None] if tall else bias[start:start + CHUNK_COLUMNS])
         if cap:
             z = _cap(z.float(), cap)
-        best = z.max(-1)
+        best = z.max(columns)
         ahead = best.values.float() > top_values[:, 0]  # strict: ties keep the lowest token id
         top_index = torch.where(ahead, best.indices + start, top_index)
-        values = best.values.float()[:, None] if k == 1 else z.topk(min(k, z.shape[1]), -1).values.float()
+        if k == 1:
+            values = best.values.float()[:, None]
+        else:
+            values = z.topk(min(k, z.shape[columns]), columns).values.float()
+            values = values.T if tall else values
         top_values = torch.cat([top_values, values], 1).topk(k, -1).values
     return top_index, top_values
 
