@@ -274,7 +274,7 @@ ARGS = ["--subject", "Eiffel Tower", "--prompt", "The {} is located in the city 
 def test_cli_localize_writes_json_and_heatmap(tiny_dir, tmp_path, capsys):
     out = tmp_path / "loc"
     code = main(["localize", *ARGS, "--model", str(tiny_dir), "--device", "cpu", "--localizer", "causal-tracing",
-                 "--top-k", "3", "--out", str(out), "--json"])
+                 "--top-k", "3", "--kinds", "both", "--positions", "all", "--out", str(out), "--json"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "localization.json").read_text())
@@ -284,6 +284,31 @@ def test_cli_localize_writes_json_and_heatmap(tiny_dir, tmp_path, capsys):
     for png in ("heatmap.png", "causal_trace.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loc"]  # no temporary directory left
+
+
+@pytest.mark.parametrize("extra", (["--top-k", "1"], ["--top-k", "3", "--kinds", "both"]))
+def test_cli_localize_selects_what_an_edit_trains(tiny_dir, tmp_path, capsys, extra):
+    """Same policy, same corrupting subject, same components: `localize` then `edit` agree."""
+    from circuitedit import edit, load_model
+    from circuitedit.pipeline import EditConfig
+    from circuitedit.requests import EditRequest
+
+    argv = ["localize", *ARGS, "--model", str(tiny_dir), "--device", "cpu", "--dtype", "fp32", "--no-reference-cache",
+            "--json", *extra]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    config = EditConfig.from_dict({"localize": printed["config"], "editor": {"unlearn": {"max_steps": 1},
+                                   "learn": {"max_steps": 1}}, "evaluate": {"max_new_tokens": 2}})
+    model, tokenizer = load_model(str(tiny_dir), dtype="fp32", device="cpu")
+    request = EditRequest(subject="Eiffel Tower", prompt="The {} is located in the city of",
+                          old_object="Paris", new_object="Rome")
+    result = edit(model, tokenizer, request, config)
+    assert printed["localization"]["corruption"] == result.localization.corruption
+    assert printed["selected"] == [c.name for c in result.components]
+    assert len(printed["selected"]) == config.localize.top_k
+    if "--kinds" not in extra:  # the edit's defaults: MLPs ranked at the subject's tokens
+        assert printed["config"]["kinds"] == "mlps" and printed["config"]["positions"] == "subject"
+        assert all(row["kind"] == "mlp" and row["position"] == "subject" for row in printed["ranked"])
 
 
 def test_cli_localize_table(tiny_dir, capsys):

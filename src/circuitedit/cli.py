@@ -197,22 +197,43 @@ def cmd_ask(args, console: Console) -> int:
 UNUSED_NEW_OBJECT = "(no new object: localization only)"
 
 
-def ranked_rows(result, kinds: str = "both") -> list[dict]:
-    """One row per component, best first: the position group of its largest |score|, signed."""
+def ranked_rows(result, kinds: str = "both", positions: str = "all", max_layer: int | None = None) -> list[dict]:
+    """One row per component, ranked as the selection ranks them: the position group (of those
+    counted) of its largest |score|, signed."""
     best: dict = {}
     for item in result.scores:
-        if item.component not in best or abs(item.score) > abs(best[item.component].score):
+        counted = positions in ("all", item.position) or item.position == "all"
+        if counted and (item.component not in best or abs(item.score) > abs(best[item.component].score)):
             best[item.component] = item
     return [{**best[comp].to_dict(), "rank": rank}
-            for rank, (comp, _score) in enumerate(result.ranked(kinds), 1)]
+            for rank, (comp, _score) in enumerate(result.ranked(kinds, positions, max_layer), 1)]
+
+
+def localize_config(args):
+    """The edit's config (a saved EditConfig, or the defaults) with the command's localization
+    flags on top: `localize` then selects what `edit` would train."""
+    from .pipeline import EditConfig
+
+    config = EditConfig.from_dict(read_config_file(args.config)) if args.config else EditConfig()
+    overrides = {"method": args.localizer, "top_k": args.top_k, "kinds": args.kinds,
+                 "positions": args.positions, "fraction": args.fraction, "seed": args.seed}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(config.localize, name, value)
+    config.validate()  # an unknown localizer or a bad value fails here, before the model loads
+    return config
 
 
 def cmd_localize(args, console: Console) -> int:
+    from dataclasses import asdict
+
     from rich.table import Table
 
-    from .localize import LocalizeConfig, get_localizer, localize
+    from .evaluate.reference_cache import ReferenceCache
+    from .localize import get_localizer, localize
     from .models import load_model
     from .models.arch import get_adapter
+    from .pipeline import preloads_template_scan, template_scan
     from .plots import causal_trace_figure, localization_heatmap
     from .report import LOCALIZATION_FILE, atomic_directory, check_output_target, write_json
     from .requests import EditRequest
@@ -221,25 +242,30 @@ def cmd_localize(args, console: Console) -> int:
                                          ("--old", args.old)) if not value]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
-    get_localizer(args.localizer)
-    config = LocalizeConfig(method=args.localizer, top_k=args.top_k, kinds=args.kinds,
-                            fraction=args.fraction, seed=args.seed)
-    config.validate()
+    edit_config = localize_config(args)
+    config = edit_config.localize
     request = EditRequest(subject=args.subject, prompt=args.prompt, old_object=args.old,
                           new_object=UNUSED_NEW_OBJECT, paraphrases=args.paraphrase or [])
     if args.out is not None:
         check_output_target(args.out, LOCALIZATION_FILE)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     adapter = get_adapter(loaded.model)
-    result = localize(loaded.model, loaded.tokenizer, request, config)
-    selected = result.select(config.top_k, config.kinds, config.fraction)
-    rows = ranked_rows(result, config.kinds)
+    num_layers = adapter.num_layers(loaded.model)
+    scan = None
+    if get_localizer(config.method).reads_scan and preloads_template_scan(edit_config):
+        # The same scan an edit reads, so the corrupting subject is the one an edit would pick
+        # (and an edit of this template afterwards reads it back from the cache).
+        references = None if args.no_reference_cache else ReferenceCache.default().for_model(loaded.model)
+        scan = template_scan(loaded.model, loaded.tokenizer, request, references)
+    result = localize(loaded.model, loaded.tokenizer, request, config, scan)
+    selected = result.select_by(config, num_layers)
+    rows = ranked_rows(result, config.kinds, config.positions, config.max_layer(num_layers))
     chosen = {c.name for c in selected}
     data = {
         "model": loaded.name, "subject": request.subject, "prompt": request.text, "old_object": request.old_object,
         "paraphrases": [request.fill(p) for p in request.paraphrases], "localizer": config.method,
-        "config": {"top_k": config.top_k, "kinds": config.kinds, "fraction": config.fraction, "seed": config.seed},
-        "num_layers": adapter.num_layers(loaded.model), "num_heads": adapter.num_heads(loaded.model),
+        "config": asdict(config),
+        "num_layers": num_layers, "num_heads": adapter.num_heads(loaded.model),
         "selected": [c.name for c in selected], "ranked": rows, "localization": result.to_dict(),
     }
     if args.out is not None:
@@ -376,12 +402,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="cloze prompt with {} / {subject} or the subject verbatim")
     p.add_argument("--old", help="the object the model gives now")
     p.add_argument("--paraphrase", action="append", help="another phrasing scored too (repeatable)")
-    p.add_argument("--localizer", default="attribution",
+    p.add_argument("--localizer", default=None,
                    help="attribution (default), activation, causal-tracing, fact-lookup, gradient, random, all-layers")
-    p.add_argument("--top-k", type=int, default=8, help="components to select (default 8)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="a saved EditConfig (JSON or YAML): select by its localize section")
+    p.add_argument("--top-k", type=int, default=None, help="components to select (default 8)")
     p.add_argument("--fraction", type=float, default=None, help="instead: smallest set carrying this share of |effect|")
-    p.add_argument("--kinds", choices=["both", "heads", "mlps"], default="both")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None,
+                   help="which components to rank and select (default mlps, as an edit trains)")
+    p.add_argument("--positions", choices=["subject", "last", "all"], default=None,
+                   help="rank by the effect at these tokens (default subject, as an edit ranks)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-reference-cache", action="store_true",
+                   help="rescan the template instead of reading the scan from $CIRCUITEDIT_CACHE/references")
     p.add_argument("--rows", type=int, default=20, help="table rows to print (default 20)")
     p.add_argument("--out", type=Path, default=None, help="write localization.json and heatmap.png here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

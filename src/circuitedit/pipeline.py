@@ -150,6 +150,24 @@ def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
     return TrainingContext(prompts=prompts, retain=retain, old_token=old_token, contexts=contexts)
 
 
+def preloads_template_scan(config: EditConfig) -> bool:
+    """Whether an edit under `config` scans the whole filled template first (for its hard negatives)."""
+    return config.editor.n_template_neighbours > 0
+
+
+def template_scan(model: nn.Module, tokenizer, request: EditRequest,
+                  references: ModelReferences | None = None) -> PromptScan:
+    """A PromptScan of the unedited model holding the edit template filled with every pool
+    subject, scanned as one group (kept in `references`): the localizer's corrupting-subject
+    search and the hard-negative scan then read the same bits whatever else ran, `circuitedit
+    localize` picks the subject an edit picks, and a later edit of the same template reads the
+    rows back."""
+    scan = PromptScan(model, tokenizer)
+    old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
+    scan.preload(template_scan_prompts(request, subject_pool()), old_token, references)
+    return scan
+
+
 def edit(
     model: nn.Module,
     tokenizer,
@@ -201,13 +219,10 @@ def edit(
     tick = time.perf_counter()
     # The localizer's corrupting-subject search and the hard-negative scan read the unedited model
     # on the same filled templates: one scan serves both.
-    scan = PromptScan(model, tokenizer)
-    if config.editor.n_template_neighbours > 0:
-        # One canonical scan of the template (kept in `references`), so that the localizer and the
-        # hard-negative scan read the same bits whatever else ran, and a later edit of the same
-        # template reads them back.
-        old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
-        scan.preload(template_scan_prompts(request, subject_pool()), old_token, bound)
+    if preloads_template_scan(config):
+        scan = template_scan(model, tokenizer, request, bound)
+    else:
+        scan = PromptScan(model, tokenizer)
     timings["scan_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     localization = None

@@ -51,7 +51,7 @@ def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size:
     return scores, passes
 
 
-@register("activation")
+@register("activation", reads_scan=True)
 def activation(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)

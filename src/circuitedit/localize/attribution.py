@@ -52,7 +52,7 @@ def attribution_scores(model, adapter, setup: PatchingSetup) -> list[ComponentSc
     return scores
 
 
-@register("attribution")
+@register("attribution", reads_scan=True)
 def attribution(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)

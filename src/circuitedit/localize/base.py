@@ -27,6 +27,10 @@ class LocalizeConfig:
     use_paraphrases: bool = True  # aggregate scores over the edit prompt and its paraphrases
     seed: int = 0
 
+    def max_layer(self, num_layers: int) -> int:
+        """The highest layer a component may sit in to be selected."""
+        return int(self.max_layer_fraction * num_layers) - 1
+
     def validate(self) -> None:
         """Raise a ValueError naming the first field whose value cannot select components."""
         if self.top_k < 1:
@@ -100,8 +104,7 @@ class LocalizationResult:
 
     def select_by(self, config: LocalizeConfig, num_layers: int) -> list[Component]:
         """The components `config`'s selection policy picks (what every editor trains)."""
-        max_layer = int(config.max_layer_fraction * num_layers) - 1
-        return self.select(config.top_k, config.kinds, config.fraction, config.positions, max_layer)
+        return self.select(config.top_k, config.kinds, config.fraction, config.positions, config.max_layer(num_layers))
 
     def to_dict(self) -> dict:
         return {"method": self.method, "passes": self.passes, "seconds": self.seconds,
@@ -112,6 +115,7 @@ class LocalizationResult:
 
 class Localizer(Protocol):
     name: str
+    reads_scan: bool
 
     # scan: the edit's PromptScan (evaluate/prompt_scan.py) of the unedited model, shared with the
     # hard-negative scan; a localizer that scores pool subjects reads it, the others ignore it.
@@ -121,9 +125,11 @@ class Localizer(Protocol):
 LOCALIZERS: dict[str, Callable[..., LocalizationResult]] = {}
 
 
-def register(name: str):
+def register(name: str, reads_scan: bool = False):
+    """reads_scan: the localizer reads the unedited model's next tokens after the template filled
+    with pool subjects (the corrupting-subject search), so a caller may preload that scan."""
     def wrap(fn):
-        fn.name = name
+        fn.name, fn.reads_scan = name, reads_scan
         LOCALIZERS[name] = fn
         return fn
 

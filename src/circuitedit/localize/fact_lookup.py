@@ -97,7 +97,7 @@ def lookup_scores(model, adapter, setup: PatchingSetup, layers: list[int]) -> tu
     return scores, lens, passes
 
 
-@register("fact-lookup")
+@register("fact-lookup", reads_scan=True)
 def fact_lookup(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
     start = time.perf_counter()
     adapter = get_adapter(model)
