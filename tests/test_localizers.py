@@ -311,6 +311,23 @@ def test_cli_localize_selects_what_an_edit_trains(tiny_dir, tmp_path, capsys, ex
         assert all(row["kind"] == "mlp" and row["position"] == "subject" for row in printed["ranked"])
 
 
+def test_cli_localize_takes_a_saved_config_and_flags_override_it(tiny_dir, tmp_path, capsys):
+    config = tmp_path / "edit.yaml"
+    config.write_text("localize:\n  top_k: 1\n  kinds: both\n  positions: last\n  seed: 3\n")
+    base = ["localize", *ARGS, "--model", str(tiny_dir), "--device", "cpu", "--no-reference-cache", "--json",
+            "--config", str(config)]
+    assert main(base) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["selected"]) == 1
+    assert {k: printed["config"][k] for k in ("top_k", "kinds", "positions", "seed")} == {
+        "top_k": 1, "kinds": "both", "positions": "last", "seed": 3}
+    assert all(row["position"] == "last" for row in printed["ranked"])
+    assert main([*base, "--top-k", "2", "--kinds", "mlps"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert sorted(printed["selected"]) == ["L0.MLP", "L1.MLP"]
+    assert printed["config"]["positions"] == "last"
+
+
 def test_cli_localize_table(tiny_dir, capsys):
     assert main(["localize", *ARGS, "--model", str(tiny_dir), "--device", "cpu", "--kinds", "mlps"]) == 0
     out = capsys.readouterr().out
