@@ -323,3 +323,19 @@ def test_json_edit_of_a_fact_the_model_never_stated_notes_it_on_stderr(saved_tin
     assert data["metrics"]["old_fact_stated_before"] == 0.0  # a random model never says " Paris"
     notes = [line for line in captured.err.splitlines() if line.startswith("note (Eiffel Tower):")]
     assert len(notes) == 1 and "did not answer 'Paris'" in notes[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["localize", "--positions", "bogus"], "--positions: invalid choice: 'bogus'"),
+    (["edit", "--kinds", "neurons"], "--kinds: invalid choice: 'neurons'"),
+    (["edit", "--top-k", "many"], "--top-k: invalid int value: 'many'"),
+    (["edit", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: command"),
+])
+def test_a_bad_flag_is_one_line_without_the_usage(capsys, argv, expected):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and expected in err and "usage:" not in err, err

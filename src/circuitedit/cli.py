@@ -361,8 +361,15 @@ def cmd_audit(args, console: Console) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr, like every other error (`-h` shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuitedit", description=__doc__)
+    parser = OneLineErrorParser(prog="circuitedit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
