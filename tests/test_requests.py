@@ -181,6 +181,8 @@ ROME_RECORD = json.loads((FIXTURES / "ce_counterfact_rome.json").read_text())[0]
          "zsre", "record 0: missing field 'alt'"),
         ("wrong.csv", "name,sport\nMichael Jordan,basketball\n", "sports",
          "must be Sports Facts (columns athlete, sport); missing column(s) athlete among name, sport"),
+        ("header-only.csv", "name,sport\n", "sports", "missing column(s) athlete among name, sport"),
+        ("json-as-sports.json", json.dumps([ROME_RECORD, ROME_RECORD]), "sports", "read as Sports Facts (CSV) but it is JSON"),
     ],
 )
 def test_bad_dataset_files_fail_naming_file_and_record(tmp_path, name, text, fmt, expected):

@@ -123,9 +123,13 @@ def load_sports(path: Path, seed: int = 0) -> list[EditRequest]:
     except csv.Error as exc:
         raise DatasetError(f"{path}: invalid CSV ({exc})") from None
     missing = [c for c in ("athlete", "sport") if c not in columns]
-    if rows and missing:  # a CSV is read as Sports Facts, the one CSV schema; say so rather than fail per row
+    if columns and missing:  # a CSV is read as Sports Facts, the one CSV schema; say so rather than fail per row
+        if columns[0].lstrip()[:1] in ("[", "{"):
+            raise DatasetError(f"{path}: read as Sports Facts (CSV) but it is JSON; give its --format "
+                               "(counterfact, counterfact-rome, zsre or jsonl)")
+        found = ", ".join(columns[:8]) + (f", ... ({len(columns)} in all)" if len(columns) > 8 else "")
         raise DatasetError(f"{path}: a CSV of requests must be Sports Facts (columns athlete, sport); "
-                           f"missing column(s) {', '.join(missing)} among {', '.join(columns)}")
+                           f"missing column(s) {', '.join(missing)} among {found}")
 
     def convert(row: dict) -> EditRequest:
         athlete, sport = row["athlete"].strip(), row["sport"].strip()
