@@ -127,6 +127,24 @@ def test_unsupported_architecture(neox_dir, tmp_path, capsys):
         assert model_type in line
 
 
+@pytest.mark.parametrize("config, expected", [
+    # mamba2's defaults are a 2.7B model: building it before refusing it took minutes and ~11 GB
+    ({"model_type": "mamba2"}, "unsupported architecture 'mamba2'"),
+    ({"model_type": "no-such-family"}, "cannot load model"),
+    ({"model_type": "gemma3", "text_config": {"model_type": "gemma3_text"}}, "cannot load model"),
+])
+def test_the_architecture_is_checked_before_any_weights(tmp_path, capsys, config, expected):
+    """A directory holding only a config.json: an unsupported family fails on the config alone; a
+    supported one (a multimodal config's text model too) goes on to the missing files."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    argv = ["edit", *EIFFEL_ARGS, "--model", str(model_dir), "--device", "cpu", "--out", str(out)]
+    line = _assert_user_error(argv, capsys, out, expected)
+    assert ("supported: gemma3_text" in line) == ("unsupported" in expected)
+
+
 def test_not_a_model_directory(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

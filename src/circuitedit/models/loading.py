@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 from safetensors import SafetensorError
 
-from .arch import get_adapter
+from .arch import adapter_for_model_type, get_adapter, supported_model_types
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,22 @@ def resolve_source(name_or_path: str | None) -> tuple[str, str]:
     return name, name
 
 
+def load_failure(display: str, source: str, exc: Exception) -> str:
+    """One line: which model could not be loaded, from where, and the library's first line of why."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = f" from its cache {source} (delete that directory to convert it again)" if display in ALIASES else ""
+    return f"cannot load model {display!r}{where}: {first}"
+
+
+def check_architecture(config) -> None:
+    """Raise UnsupportedArchitectureError (naming the supported ones) unless `config`, or the text
+    model inside a multimodal one, is of a family with an architecture adapter."""
+    text_config = getattr(config, "text_config", None)
+    types = [config.model_type] + ([text_config.model_type] if text_config is not None else [])
+    if not any(t in supported_model_types() for t in types):
+        adapter_for_model_type(config.model_type)
+
+
 def load_model(
     name_or_path: str | None = None,
     dtype: str | torch.dtype | None = "auto",
@@ -213,7 +229,7 @@ def load_model(
     Returns a `LoadedModel` that unpacks as `model, tokenizer`. On several GPUs the model is
     sharded with `device_map="auto"`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source, display = resolve_source(name_or_path)
     if name_or_path and name_or_path not in ALIASES:
@@ -229,12 +245,17 @@ def load_model(
     if device.startswith("cuda") and torch.cuda.device_count() > 1:
         kwargs["device_map"] = "auto"
     try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(load_failure(display, source, exc)) from exc
+    # Before any weights: an unsupported architecture's model (its defaults may be billions of
+    # parameters) would otherwise be built, at length, only to be refused.
+    check_architecture(config)
+    try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:  # RuntimeError: weights of the wrong shape
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        where = f" from its cache {source} (delete that directory to convert it again)" if display in ALIASES else ""
-        raise ModelLoadError(f"cannot load model {display!r}{where}: {first}") from exc
+        raise ModelLoadError(load_failure(display, source, exc)) from exc
     if "device_map" not in kwargs:
         model.to(device)
     model.eval()
