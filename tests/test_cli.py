@@ -357,3 +357,12 @@ def test_a_bad_flag_is_one_line_without_the_usage(capsys, argv, expected):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert len(err.strip().splitlines()) == 1 and expected in err and "usage:" not in err, err
+
+
+def test_the_hub_client_is_quiet_so_an_offline_error_stays_one_line(tmp_path, capsys):
+    import logging
+
+    assert main(["ask", "--model", str(tmp_path / "nope"), "hi"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # without a network each retried request would log a warning line before the error
+    assert logging.getLogger("huggingface_hub").getEffectiveLevel() >= logging.ERROR

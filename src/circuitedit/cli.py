@@ -21,6 +21,10 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import huggingface_hub
+
+    # Its retries log each failed request: without a network an error would be many lines.
+    huggingface_hub.utils.logging.set_verbosity_error()
     import warnings
 
     warnings.filterwarnings("ignore")
