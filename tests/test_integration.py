@@ -41,6 +41,14 @@ def test_demo_edits_the_fact_and_writes_outputs(tmp_path, capsys):
     for stage in ("unlearn", "learn"):
         assert (out / "adapters" / stage / "adapter_config.json").exists()
         assert (out / "adapters" / stage / "adapter_model.safetensors").exists()
+    # `localize` on the same fact picks the components the demo trained, by the same corruption
+    request = demo_requests()[0]
+    assert main(["localize", "--subject", request.subject, "--prompt", request.prompt,
+                 "--old", request.old_object, "--json"]) == 0
+    localized = json.loads(capsys.readouterr().out)
+    assert localized["selected"] == [c["name"] for c in result["components"]]
+    assert localized["localization"]["corruption"] == result["localization"]["corruption"]
+    assert localized["old_object_given"] is True
 
 
 def test_second_relation_edit_leaves_base_model_untouched(embedded):

@@ -281,6 +281,8 @@ def test_cli_localize_writes_json_and_heatmap(tiny_dir, tmp_path, capsys):
     assert saved["selected"] == printed["selected"] and len(saved["selected"]) == 3
     assert saved["ranked"][0]["rank"] == 1 and {"layer", "kind", "head", "position", "score"} <= set(saved["ranked"][0])
     assert saved["localization"]["method"] == "causal-tracing"
+    # a random model does not state the fact: localize says what it continues with instead
+    assert saved["old_object_given"] is False and isinstance(saved["continuation"], str)
     for png in ("heatmap.png", "causal_trace.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loc"]  # no temporary directory left
@@ -332,6 +334,7 @@ def test_cli_localize_table(tiny_dir, capsys):
     assert main(["localize", *ARGS, "--model", str(tiny_dir), "--device", "cpu", "--kinds", "mlps"]) == 0
     out = capsys.readouterr().out
     assert "L0.MLP" in out and "L1.MLP" in out and ".H" not in out
+    assert "note:" in out and "the model continues" in out  # a random model does not say Paris
 
 
 @pytest.mark.parametrize("extra", (["--localizer", "nope"], ["--top-k", "0"], ["--fraction", "2"]))

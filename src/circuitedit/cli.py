@@ -234,6 +234,7 @@ def cmd_localize(args, console: Console) -> int:
     from rich.table import Table
 
     from .evaluate.reference_cache import ReferenceCache
+    from .evaluate.scoring import contains_object, greedy_continuations
     from .localize import get_localizer, localize
     from .models import load_model
     from .models.arch import get_adapter
@@ -262,6 +263,8 @@ def cmd_localize(args, console: Console) -> int:
         references = None if args.no_reference_cache else ReferenceCache.default().for_model(loaded.model)
         scan = template_scan(loaded.model, loaded.tokenizer, request, references)
     result = localize(loaded.model, loaded.tokenizer, request, config, scan)
+    # As the edit checks it: does the unedited model state the old object on this prompt?
+    said = greedy_continuations(loaded.model, loaded.tokenizer, [request.text], edit_config.evaluate.max_new_tokens)[0]
     selected = result.select_by(config, num_layers)
     rows = ranked_rows(result, config.kinds, config.positions, config.max_layer(num_layers))
     chosen = {c.name for c in selected}
@@ -271,6 +274,7 @@ def cmd_localize(args, console: Console) -> int:
         "config": asdict(config),
         "num_layers": num_layers, "num_heads": adapter.num_heads(loaded.model),
         "selected": [c.name for c in selected], "ranked": rows, "localization": result.to_dict(),
+        "continuation": said, "old_object_given": contains_object(said, request.old_object),
     }
     if args.out is not None:
         with atomic_directory(args.out, marker=LOCALIZATION_FILE) as tmp:
@@ -298,6 +302,9 @@ def cmd_localize(args, console: Console) -> int:
         console.print(f"... {len(rows) - limit} more components (see localization.json / --json)")
     if result.corruption:
         console.print(f"corruption: {result.corruption}")
+    if not data["old_object_given"]:
+        console.print(f"[yellow]note:[/] the model continues {said.strip()[:40]!r}, not {request.old_object!r}: "
+                      "these scores rank what moves a fact it does not state")
     if args.out is not None:
         console.print(f"wrote {args.out / 'localization.json'} and {args.out / 'heatmap.png'}")
     return 0
