@@ -366,3 +366,18 @@ def test_the_hub_client_is_quiet_so_an_offline_error_stays_one_line(tmp_path, ca
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     # without a network each retried request would log a warning line before the error
     assert logging.getLogger("huggingface_hub").getEffectiveLevel() >= logging.ERROR
+
+
+def test_edit_n_takes_the_files_first_requests(saved_tiny, tmp_path, capsys):
+    from pathlib import Path
+
+    requests = Path(__file__).parent / "fixtures" / "ce_requests.jsonl"  # 2 requests
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL_CONFIG))
+    out = tmp_path / "out"
+    argv = ["edit", "--requests", str(requests), "--n", "1", "--config", str(config), "--model", str(saved_tiny),
+            "--dtype", "fp32", "--device", "cpu", "--no-reference-cache", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["request"]["subject"] == "Eiffel Tower"  # one edit: one object, written to OUT itself
+    assert (out / "edit.json").exists()

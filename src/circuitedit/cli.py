@@ -101,7 +101,10 @@ def requests_from_args(args):
     from .requests import EditRequest
 
     if args.requests:
-        return load_requests(args.requests, args.format)
+        requests = load_requests(args.requests, args.format)
+        return requests if args.n is None else requests[: args.n]
+    if args.n is not None:
+        raise ValueError("--n selects among the records of --requests FILE; give --requests")
     missing = [flag for flag, value in (("--subject", args.subject), ("--prompt", args.prompt),
                                          ("--old", args.old), ("--new", args.new)) if not value]
     if missing:
@@ -372,6 +375,13 @@ def cmd_audit(args, console: Console) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)  # a ValueError is argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """A bad flag is one line on stderr, like every other error (`-h` shows the usage)."""
 
@@ -396,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="auto", choices=["auto", "jsonl", "counterfact", "counterfact-rome", "zsre",
                                                         "sports"],
                    help="the --requests file's schema (default: detected from its fields)")
+    p.add_argument("--n", type=positive_int, default=None, help="edit only the file's first N requests")
     add_edit_args(p)
     p.set_defaults(func=cmd_edit)
 
