@@ -381,3 +381,15 @@ def test_edit_n_takes_the_files_first_requests(saved_tiny, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["request"]["subject"] == "Eiffel Tower"  # one edit: one object, written to OUT itself
     assert (out / "edit.json").exists()
+
+
+def test_edit_flags_override_the_saved_configs_selection(saved_tiny, tmp_path, capsys):
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps(SMALL_CONFIG))  # kinds both, positions all, top_k 2
+    argv = ["edit", *EIFFEL_ARGS, "--config", str(config), "--positions", "last", "--kinds", "mlps", "--top-k", "1",
+            "--model", str(saved_tiny), "--dtype", "fp32", "--device", "cpu", "--no-reference-cache", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    selection = {k: result["config"]["localize"][k] for k in ("positions", "kinds", "top_k")}
+    assert selection == {"positions": "last", "kinds": "mlps", "top_k": 1}
+    assert len(result["components"]) == 1 and result["components"][0]["kind"] == "mlp"

@@ -1,4 +1,7 @@
-"""The `circuitedit` command line: edit, demo, ask (and more subcommands as they land)."""
+"""circuitedit: rewrite or remove one fact inside a causal language model, and measure what the
+edit did. `demo` edits a built-in fact of the embedded Gemma-3-270M; `edit` any fact (or a file
+of them); `localize` ranks the components that carry it; `ask` queries a model, an edited one
+included; `audit` checks whether an old fact is gone or only hidden; `bench` compares methods."""
 
 from __future__ import annotations
 
@@ -36,12 +39,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
 
 
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None,
+                        help="which components to rank and select (default mlps: what an edit trains)")
+    parser.add_argument("--positions", choices=["subject", "last", "all"], default=None,
+                        help="rank components by their effect at these tokens (default subject)")
+
+
 def add_edit_args(parser: argparse.ArgumentParser) -> None:
     add_model_args(parser)
     parser.add_argument("--top-k", type=int, default=None, help="number of components to edit")
-    parser.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None)
-    parser.add_argument("--localizer", default=None, help="localization method (default: attribution)")
-    parser.add_argument("--method", default=None, help="editor (default: unlearn-then-learn)")
+    add_selection_args(parser)
+    parser.add_argument("--localizer", default=None,
+                        help="attribution (default), activation, causal-tracing, fact-lookup, gradient, random, "
+                             "all-layers")
+    parser.add_argument("--method", default=None,
+                        help="unlearn-then-learn (default), learn-only, ia3-all-layers, lora-localized, "
+                             "ft-localized, ft-full, none")
     parser.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep-adapter", action="store_true", help="keep the stage-2 adapter unmerged")
@@ -84,6 +98,8 @@ def build_config(args):
         config.localize.top_k = args.top_k
     if args.kinds:
         config.localize.kinds = args.kinds
+    if args.positions:
+        config.localize.positions = args.positions
     if args.localizer:
         config.localize.method = args.localizer
     if args.method:
@@ -437,10 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a saved EditConfig (JSON or YAML): select by its localize section")
     p.add_argument("--top-k", type=int, default=None, help="components to select (default 8)")
     p.add_argument("--fraction", type=float, default=None, help="instead: smallest set carrying this share of |effect|")
-    p.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None,
-                   help="which components to rank and select (default mlps, as an edit trains)")
-    p.add_argument("--positions", choices=["subject", "last", "all"], default=None,
-                   help="rank by the effect at these tokens (default subject, as an edit ranks)")
+    add_selection_args(p)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-reference-cache", action="store_true",
                    help="rescan the template instead of reading the scan from $CIRCUITEDIT_CACHE/references")
@@ -470,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audit", action="store_true",
                    help="audit every edit (soft/hard forgetting verdict; OUT/audits/*.json), ~50 s per edit")
     p.add_argument("--top-k", type=int, default=None, help="number of components to edit")
-    p.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None)
+    add_selection_args(p)
     p.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
