@@ -88,24 +88,25 @@ def read_config_file(path: Path) -> dict:
         raise ValueError(f"--config {path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
 
 
-def build_config(args):
+def config_with_selection_flags(args):
+    """A saved EditConfig (`--config`) or the defaults, with the localization flags on top."""
     from .pipeline import EditConfig
 
-    config = EditConfig()
-    if args.config:
-        config = EditConfig.from_dict(read_config_file(args.config))
-    if args.top_k is not None:
-        config.localize.top_k = args.top_k
-    if args.kinds:
-        config.localize.kinds = args.kinds
-    if args.positions:
-        config.localize.positions = args.positions
-    if args.localizer:
-        config.localize.method = args.localizer
+    config = EditConfig.from_dict(read_config_file(args.config)) if args.config else EditConfig()
+    overrides = {"method": args.localizer, "top_k": args.top_k, "kinds": args.kinds, "positions": args.positions,
+                 "fraction": vars(args).get("fraction"), "seed": args.seed}  # only `localize` has --fraction
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(config.localize, name, value)
+    return config
+
+
+def build_config(args):
+    config = config_with_selection_flags(args)
     if args.method:
         config.method = args.method
     if args.seed is not None:
-        config.localize.seed = config.editor.seed = args.seed
+        config.editor.seed = args.seed
     if args.keep_adapter:
         config.editor.merge_learned = False
     config.validate()  # a bad value fails here, before the model loads
@@ -225,26 +226,10 @@ def ranked_rows(result, kinds: str = "both", positions: str = "all", max_layer: 
     counted) of its largest |score|, signed."""
     best: dict = {}
     for item in result.scores:
-        counted = positions in ("all", item.position) or item.position == "all"
-        if counted and (item.component not in best or abs(item.score) > abs(best[item.component].score)):
+        if item.counts_for(positions) and (item.component not in best or abs(item.score) > abs(best[item.component].score)):
             best[item.component] = item
     return [{**best[comp].to_dict(), "rank": rank}
             for rank, (comp, _score) in enumerate(result.ranked(kinds, positions, max_layer), 1)]
-
-
-def localize_config(args):
-    """The edit's config (a saved EditConfig, or the defaults) with the command's localization
-    flags on top: `localize` then selects what `edit` would train."""
-    from .pipeline import EditConfig
-
-    config = EditConfig.from_dict(read_config_file(args.config)) if args.config else EditConfig()
-    overrides = {"method": args.localizer, "top_k": args.top_k, "kinds": args.kinds,
-                 "positions": args.positions, "fraction": args.fraction, "seed": args.seed}
-    for name, value in overrides.items():
-        if value is not None:
-            setattr(config.localize, name, value)
-    config.validate()  # an unknown localizer or a bad value fails here, before the model loads
-    return config
 
 
 def cmd_localize(args, console: Console) -> int:
@@ -266,7 +251,9 @@ def cmd_localize(args, console: Console) -> int:
                                          ("--old", args.old)) if not value]
     if missing:
         raise ValueError(f"missing {', '.join(missing)}")
-    edit_config = localize_config(args)
+    # The edit's config with the command's flags on top: `localize` selects what `edit` would train.
+    edit_config = config_with_selection_flags(args)
+    edit_config.validate()  # an unknown localizer or a bad value fails here, before the model loads
     config = edit_config.localize
     request = EditRequest(subject=args.subject, prompt=args.prompt, old_object=args.old,
                           new_object=UNUSED_NEW_OBJECT, paraphrases=args.paraphrase or [])

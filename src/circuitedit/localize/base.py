@@ -51,6 +51,11 @@ class ComponentScore:
     position: str  # "subject" or "last"
     score: float
 
+    def counts_for(self, positions: str) -> bool:
+        """Whether this score counts when ranking by `positions` ("all" counts every group); a
+        score at position "all" (random, all-layers) belongs to no group: it always counts."""
+        return positions in ("all", self.position) or self.position == "all"
+
     def to_dict(self) -> dict:
         return {"component": self.component.name, "layer": self.component.layer,
                 "kind": self.component.kind, "head": self.component.head,
@@ -74,8 +79,7 @@ class LocalizationResult:
         (or only over `positions`, e.g. "subject")."""
         agg: dict[Component, float] = defaultdict(float)
         for item in self.scores:
-            # a score at position "all" (random, all-layers) belongs to no group: it always counts
-            if positions in ("all", item.position) or item.position == "all":
+            if item.counts_for(positions):
                 agg[item.component] = max(agg[item.component], abs(item.score))
         return dict(agg)
 
