@@ -108,3 +108,55 @@ def test_localized_weights_only_and_only_the_selected_head(family, method):
         mlp = sum(p.numel() for n in adapter.weight_targets(COMPONENTS) if n != adapter.attn_out_name(1)
                   for p in model.get_submodule(n).parameters())
         assert stage.trainable_parameters == out_features * width + mlp
+
+
+def test_baseline_learning_rates_are_config_fields():
+    """Guards that editor.ft_lr / editor.lora_lr can be set from a config file and are validated."""
+    config = EditConfig.from_dict({"method": "ft-full", "editor": {"ft_lr": 1e-4, "lora_lr": 5e-3}})
+    config.validate()
+    assert (config.editor.ft_lr, config.editor.lora_lr) == (1e-4, 5e-3)
+    assert EditConfig.from_dict(config.to_dict()).editor.ft_lr == 1e-4
+    defaults = EditConfig().editor
+    assert (defaults.ft_lr, defaults.lora_lr) == (2e-5, 1e-3)
+    for name in ("ft_lr", "lora_lr"):
+        with pytest.raises(ValueError, match=f"editor.{name}: must be positive"):
+            EditConfig.from_dict({"editor": {name: 0.0}}).validate()
+
+
+def test_ft_full_takes_its_adam_step_at_editor_ft_lr():
+    """Guards that ft-full trains at a config file's editor.ft_lr: one Adam step (beta1 0, no weight decay)
+    moves the weight with the largest gradient by lr, so the largest change is the lr."""
+    model, tokenizer = tiny_model("gemma3_text")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for lr in (1e-4, 3e-3):
+        config = EditConfig.from_dict({"method": "ft-full", "editor": {
+            "ft_lr": lr, "learn": {"max_steps": 1, "min_steps": 1, "margin": 1e9},
+            "n_prefixes": 0, "n_template_neighbours": 0}})
+        result = edit(model, tokenizer, REQUEST, config, controls=[], components=COMPONENTS)
+        assert result.outcome.steps == 1
+        moved = max((v - before[k]).abs().max().item() for k, v in result.model.state_dict().items())
+        assert moved == pytest.approx(lr, rel=1e-3)
+
+
+@pytest.mark.parametrize("method, module, field", [("ft-full", "ft_full", "ft_lr"),
+                                                   ("ft-localized", "ft_localized", "ft_lr"),
+                                                   ("lora-localized", "lora_localized", "lora_lr")])
+def test_each_baseline_trains_at_its_configured_lr(monkeypatch, method, module, field):
+    """Guards that every weight-training baseline hands its EditorConfig lr to the training loop."""
+    import importlib
+
+    editor_module = importlib.import_module(f"circuitedit.edit.{module}")
+    seen = []
+
+    def spy(name, model, tokenizer, prompts, targets, params, stage_config, *args, **kwargs):
+        seen.append(stage_config.lr)
+        return real(name, model, tokenizer, prompts, targets, params, stage_config, *args, **kwargs)
+
+    real = editor_module.train_stage
+    monkeypatch.setattr(editor_module, "train_stage", spy)
+    model, tokenizer = tiny_model("gemma3_text")
+    config = EditConfig.from_dict({"method": method, "editor": {
+        field: 7e-4, "learn": {"max_steps": 1, "min_steps": 1, "margin": 1e9},
+        "n_prefixes": 0, "n_template_neighbours": 0}})
+    edit(model, tokenizer, REQUEST, config, controls=[], components=COMPONENTS)
+    assert seen == [7e-4]

@@ -61,6 +61,9 @@ class EditConfig:
         self.editor.learn.validate("learn")
         if self.editor.n_prefixes < 0 or self.editor.n_template_neighbours < 0 or self.editor.n_sibling_neighbours < 0:
             raise ValueError("editor: n_prefixes, n_template_neighbours and n_sibling_neighbours must not be negative")
+        for name in ("ft_lr", "lora_lr"):
+            if not getattr(self.editor, name) > 0:
+                raise ValueError(f"editor.{name}: must be positive, got {getattr(self.editor, name)}")
         if self.evaluate.max_new_tokens < 1 or self.evaluate.chat_max_new_tokens < 1 or self.evaluate.batch_size < 1:
             raise ValueError("evaluate: max_new_tokens, chat_max_new_tokens and batch_size must be at least 1")
 

@@ -34,6 +34,10 @@ class EditorConfig:
     # term. Off by default: on 8 dev edits they cost 30% more steps and one forget failure
     # without lifting neighbourhood accuracy (docs/tuning.md).
     n_sibling_neighbours: int = 0
+    # Learning rates of the weight-training baselines (the stage configs' lr is an IA3 rate):
+    # Adam on full weights (ft-full, ft-localized) and on LoRA factors (lora-localized).
+    ft_lr: float = 2e-5
+    lora_lr: float = 1e-3
     seed: int = 0
 
 

@@ -12,18 +12,14 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .base import EditOutcome, freeze, register
+from .base import EditorConfig, EditOutcome, freeze, register
 from .training import StageConfig, train_stage
 
-FT_LR = 2e-5  # Adam; the StageConfig default (2e-2) is an IA3 learning rate
 
-
-def ft_stage_config(config, default_lr: float = FT_LR, attr: str = "ft_lr") -> StageConfig:
-    """The learn stage's config (margin, steps, loss weights) with a fine-tuning learning rate.
-
-    `config.<attr>` (e.g. EditorConfig.ft_lr, if a config carries one) overrides the default.
-    """
-    return replace(config.learn, lr=getattr(config, attr, None) or default_lr)
+def ft_stage_config(config: EditorConfig, lr: float) -> StageConfig:
+    """The learn stage's config (margin, steps, loss weights) with a weight-training learning
+    rate (EditorConfig.ft_lr or .lora_lr; the stage's own lr is an IA3 rate)."""
+    return replace(config.learn, lr=lr)
 
 
 def ensure_fp32(model: nn.Module) -> nn.Module:
@@ -50,7 +46,7 @@ def ft_full(model, tokenizer, request, components, context, config, progress=Non
         p.requires_grad_(True)
     targets = [request.new_object] * len(context.prompts)
     log = train_stage("finetune", model, tokenizer, context.prompts, targets, params,
-                      ft_stage_config(config), context.retain, context.old_token, progress,
+                      ft_stage_config(config, config.ft_lr), context.retain, context.old_token, progress,
                       starts_at_reference=True, contexts=context.contexts)
     freeze(model)
     return EditOutcome(model=model, stages=[log])

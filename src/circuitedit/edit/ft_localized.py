@@ -67,7 +67,7 @@ def ft_localized(model, tokenizer, request, components, context, config, progres
                 effective += module.bias.numel()
     targets = [request.new_object] * len(context.prompts)
     log = train_stage("finetune", model, tokenizer, context.prompts, targets, params,
-                      ft_stage_config(config), context.retain, context.old_token, progress,
+                      ft_stage_config(config, config.ft_lr), context.retain, context.old_token, progress,
                       starts_at_reference=True, contexts=context.contexts)
     with torch.no_grad():  # unselected heads exactly as they were (weight decay would move them)
         for name, original in originals.items():

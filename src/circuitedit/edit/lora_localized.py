@@ -19,7 +19,6 @@ from .training import train_stage
 
 LORA_RANK = 8
 LORA_ALPHA = 16
-LORA_LR = 1e-3
 
 
 @register("lora-localized")
@@ -56,7 +55,7 @@ def lora_localized(model, tokenizer, request, components, context, config, progr
         p.requires_grad_(any(p is q for q in params))
     labels = [request.new_object] * len(context.prompts)
     log = train_stage("lora", base, tokenizer, context.prompts, labels, params,
-                      ft_stage_config(config, LORA_LR, "lora_lr"), context.retain, context.old_token, progress,
+                      ft_stage_config(config, config.lora_lr), context.retain, context.old_token, progress,
                       starts_at_reference=True, contexts=context.contexts)
     log.trainable_parameters = effective
     artifact = AdapterArtifact.capture("lora", peft_model)
