@@ -226,3 +226,38 @@ def test_fact_selection_counts_what_it_scanned(tmp_path):
     cloze = load_requests(FIXTURE, "jsonl")
     selection = select_facts(model, tokenizer, cloze, "jsonl", n=1, keep_unknown=True)
     assert selection.kept == [0] and selection.scanned == 1
+
+
+@pytest.mark.parametrize("order", [["attribution", "random"], ["random", "attribution"], ["random"]])
+def test_random_control_draws_as_many_components_as_the_real_localizer(order):
+    """Guards the bench's random control: per fact, as many components as the run's real localizer
+    picked for that fact (here under localize.fraction, so not top_k), drawn uniformly with the
+    fact's seed by plan.random_components, whichever localizer runs first; not the registered
+    `random` localizer's top_k."""
+    import copy
+
+    from circuitedit.evaluate.bench import random_components
+    from circuitedit.evaluate.bench.run import _components
+    from circuitedit.evaluate.datasets import load_requests
+
+    model, tokenizer = tiny_model("gemma3_text")
+    request = load_requests(FIXTURE, "jsonl")[0]
+    edit_config = EditConfig.from_dict({"localize": {"kinds": "both", "positions": "all", "top_k": 2,
+                                                     "fraction": 0.6}})
+    config = BenchConfig(data=str(FIXTURE), localizers=order, seed=1, edit=edit_config)
+    per_fact = {"components": {}, "localize_s": {}}
+    for loc in order:
+        _components(model, tokenizer, request, copy.deepcopy(edit_config), loc, 7, config, per_fact)
+    real, drawn = per_fact["components"]["attribution"], per_fact["components"]["random"]
+    assert len(real) > edit_config.localize.top_k
+    assert drawn == random_components(model, len(real), "both", 1 * 100_003 + 7)
+    assert set(per_fact["localize_s"]) == {"attribution", "random"}
+
+
+def test_unknown_localizer_is_a_user_error_listing_each_localizer_once(tmp_path):
+    """Guards the localizer check: `random` is a registered localizer, named once among the choices."""
+    from circuitedit.evaluate.bench import BenchError
+
+    with pytest.raises(BenchError, match="unknown localizer 'nope'") as caught:
+        run_bench(BenchConfig(data=str(FIXTURE), fmt="jsonl", localizers=["random", "nope"], out=str(tmp_path)))
+    assert str(caught.value).count("random") == 1 and "attribution" in str(caught.value)

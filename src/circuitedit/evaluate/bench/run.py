@@ -23,7 +23,7 @@ from ..runner import control_snapshot
 from .audits import audit_result
 from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
 from .measures import fact_measures
-from .plan import label_for, plan, random_components
+from .plan import label_for, plan, random_components, reference_localizer
 from .provenance import software
 from .results import append_result, read_results
 from .selection import Selection, select_facts
@@ -84,8 +84,8 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     for method in config.methods:
         get_editor(method)
     for loc in config.localizers:
-        if loc != RANDOM_LOCALIZER and loc not in LOCALIZERS:
-            raise BenchError(f"unknown localizer {loc!r}; available: {', '.join(sorted([*LOCALIZERS, RANDOM_LOCALIZER]))}")
+        if loc not in LOCALIZERS:
+            raise BenchError(f"unknown localizer {loc!r}; available: {', '.join(sorted(LOCALIZERS))}")
     requests = load_requests(config.data, config.fmt, config.seed)
     controls = _load_controls(config.controls)
     out = Path(config.out)
@@ -190,16 +190,22 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
 
 def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int, config: BenchConfig,
                 per_fact: dict) -> list[Component]:
-    """Localize once per fact and localizer; every method of the fact reuses the components."""
+    """Localize once per fact and localizer; every method of the fact reuses the components.
+
+    `random` is the localization control, not the registered `random` localizer (top_k of seeded
+    scores, one draw for every fact): as many components as the run's real localizer
+    (plan.reference_localizer) picked for this fact, localized first if it has not run yet, drawn
+    uniformly from every layer with a per-fact seed (plan.random_components)."""
+    cfg.localize.method = loc
     if loc in per_fact["components"]:
         return per_fact["components"][loc]
-    tick = time.perf_counter()
-    if loc == RANDOM_LOCALIZER and loc not in LOCALIZERS:
-        real = [c for name, c in per_fact["components"].items() if name != RANDOM_LOCALIZER]
-        count = len(real[0]) if real else cfg.localize.top_k
-        comps = random_components(model, count, cfg.localize.kinds, config.seed * 100_003 + index)
+    if loc == RANDOM_LOCALIZER:
+        real = _components(model, tokenizer, request, copy.deepcopy(cfg), reference_localizer(config), index,
+                           config, per_fact)
+        tick = time.perf_counter()
+        comps = random_components(model, len(real), cfg.localize.kinds, config.seed * 100_003 + index)
     else:
-        cfg.localize.method = loc
+        tick = time.perf_counter()
         result = localize(model, tokenizer, request, cfg.localize)
         comps = result.select_by(cfg.localize, get_adapter(model).num_layers(model))
     per_fact["components"][loc] = comps
