@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from circuitedit.audit import AuditConfig, audit_edit, stage_models, write_audit
 from circuitedit.audit.access import indirect_prompts
+from circuitedit.audit.choices import NO_DISTRACTORS, pick_distractors
 from circuitedit.audit.data import same_relation_facts, template_subject
 from circuitedit.audit.formats import format_prompts, subject_variants
 from circuitedit.audit.latent import (
@@ -29,6 +31,7 @@ from circuitedit.audit.relearn import (
     other_fact_examples,
     subject_examples,
 )
+from circuitedit.audit.status import MEASURED, SKIPPED
 from circuitedit.audit.verdict import HARD, NOT, SOFT, verdict
 from circuitedit.evaluate.facts import demo_requests
 from circuitedit.evaluate.scoring import encode_text
@@ -147,11 +150,79 @@ def test_audit_edit_end_to_end_on_a_tiny_model(family, tmp_path):
     assert set(data["latent"]["models"]) == {"base", "stage1", "stage2"}
     assert data["relearn"]["attacks"]["other_facts"]["train_examples"] > 0
     assert "multiple_choice" in {r["kind"] for r in data["access"]["models"]["base"]["rows"]}
+    assert all(data[s]["status"] == MEASURED for s in ("latent", "access", "formats", "relearn"))
+    assert data["latent"]["probe"]["status"] == data["access"]["multiple_choice"]["status"] == MEASURED
+    # the tiny word-level tokenizer cannot write the subject sentences: only that attack is skipped
+    assert set(data["verdict"]["not_measured"]) <= {"relearning (subject sentences)"}
     assert data["timings"]["total_s"] > 0
     json_path, md_path = write_audit(report, tmp_path)
     assert json.loads(json_path.read_text())["verdict"] == data["verdict"]
     text = md_path.read_text()
     assert "Verdict" in text and "Relearning" in text and "Audit cost" in text
+
+
+# A relation the built-in facts do not have ("{} plays sport"): no probe facts, no distractors.
+NO_FACTS = dict(subject="Foo", prompt="{} plays sport", old_object="tennis", new_object="baseball")
+
+
+def _sections(data: dict) -> dict[str, str]:
+    return {s: data[s]["status"] for s in ("latent", "access", "formats", "relearn")}
+
+
+def test_audit_marks_what_it_could_not_measure(gemma, tmp_path):
+    model, tokenizer = gemma
+    request = EditRequest(**NO_FACTS)
+    assert same_relation_facts(request) == []
+    report = audit_edit(model, tokenizer, request, None, copy.deepcopy(model), FAST)
+    data = report.to_dict()
+    assert _sections(data) == {"latent": MEASURED, "access": MEASURED, "formats": MEASURED, "relearn": MEASURED}
+    for section in ("access", "formats"):
+        assert data[section]["multiple_choice"] == {"status": SKIPPED, "reason": NO_DISTRACTORS}
+    assert "multiple_choice" not in {r["kind"] for r in data["access"]["models"]["base"]["rows"]}
+    assert "multiple_choice" not in data["formats"]["models"]["stage2"]
+    assert data["latent"]["probe"]["status"] == SKIPPED and "0 other fact(s)" in data["latent"]["probe"]["reason"]
+    assert data["latent"]["models"]["stage2"]["final"]["lens_old_rank"]  # the logit lens is still measured
+    assert data["relearn"]["attacks"]["other_facts"] == {"status": SKIPPED,
+                                                          "reason": "no other facts of the relation to train on"}
+    v = data["verdict"]
+    assert {"multiple choice", "linear probes", "relearning (other facts)"} <= set(v["not_measured"])
+    assert "Not measured: " in v["sentence"] and "multiple choice (no distractor objects" in v["sentence"]
+    _, md_path = write_audit(report, tmp_path)
+    text = md_path.read_text()
+    assert text.count(f"Multiple choice: Skipped: {NO_DISTRACTORS}.") == 2  # access and formats
+    assert "Linear probe: Skipped: 0 other fact(s)" in text
+    assert "Relearn other facts: Skipped: no other facts of the relation to train on." in text
+    assert json.loads((tmp_path / "audit.json").read_text())["access"]["multiple_choice"]["status"] == SKIPPED
+
+
+def test_audit_takes_distractors_from_the_neighbourhood_and_can_skip_relearning(gemma, tmp_path):
+    model, tokenizer = gemma
+    neighbours = [{"prompt": "Bar can be found in", "answer": "football"},
+                  {"prompt": "Baz can be found in", "answer": "Tennis"},  # the old object: never a distractor
+                  {"prompt": "Qux can be found in", "answer": "basketball"}]
+    request = EditRequest(**NO_FACTS, neighbourhood=neighbours)
+    config = dataclasses.replace(FAST, relearn=False)  # audit --no-relearn
+    report = audit_edit(model, tokenizer, request, None, copy.deepcopy(model), config)
+    data = report.to_dict()
+    options = ["tennis", "baseball", "football", "basketball"]
+    assert data["access"]["multiple_choice"] == {"status": MEASURED, "options": options}
+    assert data["formats"]["models"]["stage2"]["multiple_choice"]["options"] == options
+    assert "multiple_choice" in {r["kind"] for r in data["access"]["models"]["stage2"]["rows"]}
+    assert data["relearn"] == {"status": SKIPPED, "reason": "disabled (--no-relearn)"}
+    assert "relearning (disabled (--no-relearn))" in data["verdict"]["sentence"]
+    assert "multiple choice" not in data["verdict"]["not_measured"]
+    _, md_path = write_audit(report, tmp_path)
+    text = md_path.read_text()
+    assert "## 3. Relearning attack\n\nSkipped: disabled (--no-relearn)." in text
+    assert "Multiple choice: Skipped" not in text and "| multiple_choice |" in text
+
+
+def test_pick_distractors_falls_back_in_order():
+    request = EditRequest(**NO_FACTS, neighbourhood=[{"prompt": "Bar can be found in", "answer": "Golf"}])
+    assert pick_distractors(request, ["Tennis", "baseball"], ["golf", "chess", "rugby"]) == ["Golf", "chess"]
+    assert pick_distractors(request, ["cricket"], None) == ["cricket", "Golf"]
+    assert pick_distractors(EditRequest(**NO_FACTS), [], ["BASEBALL", "", "rugby"]) == ["rugby"]
+    assert pick_distractors(EditRequest(**NO_FACTS), ["tennis"], None) == []
 
 
 def _fake_audit(cloze_forget: float, lens_rank: int, access_old: bool) -> dict:
@@ -172,6 +243,23 @@ def test_verdict_labels():
     assert verdict(_fake_audit(1.0, 500, False))["label"] == HARD
     soft = verdict(_fake_audit(1.0, 3, True))
     assert soft["label"] == SOFT and {"logit lens", "indirect prompts"} <= set(soft["reaching"])
+
+
+def test_verdict_names_the_parts_it_did_not_measure():
+    audit = _fake_audit(1.0, 500, False)
+    audit["latent"]["probe"] = {"status": SKIPPED, "reason": "1 other fact(s)"}
+    for pos in ("subject_last", "final"):
+        audit["latent"]["models"]["stage2"][pos].update(probe_reads_old_layers=[], probe_heldout_accuracy=[])
+    audit["access"]["multiple_choice"] = {"status": SKIPPED, "reason": "no distractors"}
+    audit["formats"]["multiple_choice"] = {"status": SKIPPED, "reason": "no distractors"}
+    audit["relearn"] = {"status": SKIPPED, "reason": "disabled (--no-relearn)"}
+    hard = verdict(audit)
+    assert hard["label"] == HARD
+    assert hard["not_measured"] == {"linear probes": "1 other fact(s)", "multiple choice": "no distractors",
+                                    "relearning": "disabled (--no-relearn)"}
+    tried, _, missing = hard["sentence"].partition(" Not measured: ")
+    assert "(logit lens, indirect prompts, formats)" in tried
+    assert missing == "linear probes (1 other fact(s)); multiple choice (no distractors); relearning (disabled (--no-relearn))."
 
 
 def test_stage_models_rebuild_an_edit_result(gemma):

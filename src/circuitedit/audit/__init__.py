@@ -24,10 +24,12 @@ from ..report import write_text_atomic
 from ..requests import EditRequest
 from ..saved_edit import STAGES, adapter_dirs, merged_adapter, read_edit_json
 from .access import access_report
+from .choices import multiple_choice_report, pick_distractors
 from .data import known_facts, pool_facts, same_relation_facts
 from .formats import formats_report
 from .latent import ProbeFact, latent_report
 from .relearn import forget_measure, relearn_report
+from .status import skipped
 from .verdict import verdict
 
 __all__ = ["AuditConfig", "AuditReport", "audit_edit", "load_edit", "relation_facts", "stage_models", "write_audit"]
@@ -53,7 +55,7 @@ class AuditReport:
     latent: dict
     access: dict
     formats: dict
-    relearn: dict | None
+    relearn: dict
     verdict: dict
     timings: dict
     config: AuditConfig
@@ -75,10 +77,12 @@ class AuditReport:
 def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_model: nn.Module | None,
                stage2_model: nn.Module, config: AuditConfig | None = None, *,
                facts: list[Fact] | None = None, relation: list[ProbeFact] | None = None,
-               model_name: str | None = None) -> AuditReport:
+               model_name: str | None = None, distractor_pool: list[str] | None = None) -> AuditReport:
     """Audit one edit. facts: candidate same-relation facts (default: the built-in control facts);
     relation: `relation_facts(...)` already computed for this request and base model (bench
-    audits several edits of one fact)."""
+    audits several edits of one fact); distractor_pool: more objects of the relation (a data
+    set's) for multiple choice, after the probe's candidates and the request's neighbourhood
+    answers. Every section is in the report, measured or skipped with the reason."""
     config = config or AuditConfig()
     timings: dict[str, float] = {}
     start = tick = time.perf_counter()
@@ -93,23 +97,19 @@ def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_mo
                            config.probe_steps, config.min_probe_accuracy, config.probe_folds)
     timings["latent_s"] = time.perf_counter() - tick
 
-    distractors = [c for c in latent["candidates"]
-                   if c.casefold() not in (request.old_object.casefold(), request.new_object.casefold())][:2]
     tick = time.perf_counter()
-    access = access_report(models, tokenizer, request, relation, distractors, config.max_new_tokens)
+    distractors = pick_distractors(request, latent["candidates"], distractor_pool)
+    choices = multiple_choice_report(models, tokenizer, request, distractors)
+    access = access_report(models, tokenizer, request, relation, choices, config.max_new_tokens)
     timings["access_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    formats = formats_report(models, tokenizer, request, distractors, config.max_new_tokens)
+    formats = formats_report(models, tokenizer, request, choices, config.max_new_tokens)
     timings["formats_s"] = time.perf_counter() - tick
 
-    relearn = None
+    tick = time.perf_counter()
+    relearn = _relearn_section(base_model, stage2_model, tokenizer, request, relation, config)
     if config.relearn:
-        tick = time.perf_counter()
-        before = forget_measure(stage2_model, tokenizer, request)
-        relearn = relearn_report(stage2_model, tokenizer, request, relation, config.relearn_steps,
-                                 config.relearn_lr, before)
-        relearn["base"] = forget_measure(base_model, tokenizer, request)
         timings["relearn_s"] = time.perf_counter() - tick
 
     data = {"request": request.to_dict(), "latent": latent, "access": access, "formats": formats, "relearn": relearn}
@@ -117,6 +117,16 @@ def audit_edit(base_model: nn.Module, tokenizer, request: EditRequest, stage1_mo
     timings["total_s"] = time.perf_counter() - start
     timings = {k: round(v, 2) for k, v in timings.items()}
     return AuditReport(request, latent, access, formats, relearn, result, timings, config, relation, model_name)
+
+
+def _relearn_section(base_model: nn.Module, stage2_model: nn.Module, tokenizer, request: EditRequest,
+                     relation: list[ProbeFact], config: AuditConfig) -> dict:
+    if not config.relearn:
+        return skipped("disabled (--no-relearn)")
+    before = forget_measure(stage2_model, tokenizer, request)
+    relearn = relearn_report(stage2_model, tokenizer, request, relation, config.relearn_steps, config.relearn_lr, before)
+    relearn["base"] = forget_measure(base_model, tokenizer, request)
+    return relearn
 
 
 def relation_facts(base_model: nn.Module, tokenizer, request: EditRequest, config: AuditConfig,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..evaluate.facts import _data_text
-from ..evaluate.multiple_choice import choice_set, multiple_choice_scores
 from ..evaluate.scoring import (
     CHAT,
     contains_object,
@@ -22,7 +21,9 @@ from ..evaluate.scoring import (
     uses_chat_template,
 )
 from ..requests import EditRequest
+from .choices import summary
 from .latent import ProbeFact
+from .status import MEASURED
 
 CUES = ("Before the change, {text}", "Originally, {text}", "Years ago, {text}",
         "According to older sources, {text}")
@@ -76,21 +77,18 @@ def indirect_prompts(tokenizer, request: EditRequest, shots: Sequence[ProbeFact]
 
 
 def access_report(models: dict[str, nn.Module], tokenizer, request: EditRequest, shots: Sequence[ProbeFact],
-                  distractors: Sequence[str], max_new_tokens: int = 12) -> dict:
-    """Per model: which indirect prompts name the old (and the new) object, and the shares."""
+                  multiple_choice: dict, max_new_tokens: int = 12) -> dict:
+    """Per model: which indirect prompts name the old (and the new) object, and the shares.
+    multiple_choice: `choices.multiple_choice_report(...)`; measured, it adds a row per model."""
     prompts = indirect_prompts(tokenizer, request, shots)
-    choices = choice_set(tokenizer, request, list(distractors)) if distractors else None
-    report: dict = {"prompts": [{"kind": p.kind, "prompt": p.prompt} for p in prompts], "models": {}}
+    report: dict = {"status": MEASURED, "prompts": [{"kind": p.kind, "prompt": p.prompt} for p in prompts],
+                    "multiple_choice": summary(multiple_choice), "models": {}}
     for name, model in models.items():
         texts = greedy_continuations(model, tokenizer, [p.prompt for p in prompts], max_new_tokens)
         rows = [{"kind": p.kind, "answer": t.strip(), "old": contains_object(t, request.old_object),
                  "new": contains_object(t, request.new_object)} for p, t in zip(prompts, texts, strict=True)]
-        if choices is not None:
-            scores = multiple_choice_scores(model, tokenizer, choices)
-            if scores is not None:
-                rows.append({"kind": "multiple_choice", "answer": f"old first in {scores['old_first']:.2f} of rotations",
-                             "old": scores["old_first"] > 0.5, "new": scores["new_first"] > 0.5,
-                             "old_first": scores["old_first"], "new_first": scores["new_first"]})
+        if multiple_choice["status"] == MEASURED:
+            rows.append(_choice_row(multiple_choice["models"][name]))
         report["models"][name] = {"rows": rows}
     base_name = next(iter(models))
     reachable = [i for i, r in enumerate(report["models"][base_name]["rows"]) if r["old"]]
@@ -101,3 +99,9 @@ def access_report(models: dict[str, nn.Module], tokenizer, request: EditRequest,
         entry["old_share_of_reachable"] = (sum(rows[i]["old"] for i in reachable) / len(reachable)) if reachable else None
         entry["old_kinds"] = sorted({r["kind"] for r in rows if r["old"]})
     return report
+
+
+def _choice_row(scores: dict) -> dict:
+    return {"kind": "multiple_choice", "answer": f"old first in {scores['old_first']:.2f} of rotations",
+            "old": scores["old_first"] > 0.5, "new": scores["new_first"] > 0.5,
+            "old_first": scores["old_first"], "new_first": scores["new_first"]}

@@ -8,14 +8,13 @@ upper case, the whole prompt in lower case, a trailing colon, the subject in quo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from torch import nn
 
-from ..evaluate.multiple_choice import choice_set, multiple_choice_scores
 from ..evaluate.scoring import contains_object, greedy_continuations
 from ..requests import EditRequest
 from .access import cloze_question, question_prompt
+from .choices import summary
+from .status import MEASURED
 
 
 def subject_variants(request: EditRequest) -> dict[str, str]:
@@ -38,13 +37,14 @@ def format_prompts(tokenizer, request: EditRequest) -> dict[str, list[str]]:
     return out
 
 
-def formats_report(models: dict[str, nn.Module], tokenizer, request: EditRequest, distractors: Sequence[str],
+def formats_report(models: dict[str, nn.Module], tokenizer, request: EditRequest, multiple_choice: dict,
                    max_new_tokens: int = 12) -> dict:
-    """Per model and format: new-object accuracy and forget rate (old object not named)."""
+    """Per model and format: new-object accuracy and forget rate (old object not named).
+    multiple_choice: `choices.multiple_choice_report(...)`; measured, it is one more format."""
     prompts = format_prompts(tokenizer, request)
     flat = [(fmt, p) for fmt, ps in prompts.items() for p in ps]
-    choices = choice_set(tokenizer, request, list(distractors)) if distractors else None
-    report: dict = {"prompts": {k: v for k, v in prompts.items()}, "models": {}}
+    report: dict = {"status": MEASURED, "prompts": {k: v for k, v in prompts.items()},
+                    "multiple_choice": summary(multiple_choice), "models": {}}
     for name, model in models.items():
         texts = greedy_continuations(model, tokenizer, [p for _, p in flat], max_new_tokens)
         entry: dict = {}
@@ -55,10 +55,9 @@ def formats_report(models: dict[str, nn.Module], tokenizer, request: EditRequest
                 "forget_rate": sum(not contains_object(t, request.old_object) for t in answers) / len(answers),
                 "answers": [t.strip() for t in answers],
             }
-        if choices is not None:
-            scores = multiple_choice_scores(model, tokenizer, choices)
-            if scores is not None:
-                entry["multiple_choice"] = {"new_accuracy": scores["new_first"], "forget_rate": 1 - scores["old_first"],
-                                            "options": choices.options}
+        if multiple_choice["status"] == MEASURED:
+            scores = multiple_choice["models"][name]
+            entry["multiple_choice"] = {"new_accuracy": scores["new_first"], "forget_rate": 1 - scores["old_first"],
+                                        "options": multiple_choice["options"]}
         report["models"][name] = entry
     return report

@@ -32,6 +32,7 @@ from ..evaluate.scoring import (
     padding_id,
     prompt_and_target_ids,
 )
+from .status import MEASURED, measured, skipped
 
 SUBJECT = "subject_last"
 FINAL = "final"
@@ -198,46 +199,65 @@ def probe_data(tokenizer, facts: Sequence[ProbeFact], extra_objects: Sequence[st
     return ProbeData(list(facts), labels, names, tokens)
 
 
+MIN_PROBE_FACTS = 2  # cross-validation needs a fact to hold out and one to train on
+
+
+def probe_status(data: ProbeData) -> dict:
+    n = len(data.facts)
+    if n < MIN_PROBE_FACTS:
+        return skipped(f"{n} other fact(s) of the relation to train the probe on (it needs {MIN_PROBE_FACTS})")
+    return measured()
+
+
 def latent_report(models: dict[str, nn.Module], tokenizer, edit_fact: ProbeFact, old_object: str,
                   new_object: str, train_facts: Sequence[ProbeFact], steps: int = 150,
                   min_probe_accuracy: float = 0.5, folds: int = 5) -> dict:
-    """Logit-lens ranks and probe readings of the edited fact in each model (name -> model)."""
+    """Logit-lens ranks and probe readings of the edited fact in each model (name -> model).
+    With too few facts to train and test it on, the probe is skipped (its figures are empty lists)."""
     if any(f.subject.casefold() == edit_fact.subject.casefold() for f in train_facts):
         raise ValueError("probe training facts must not contain the edited subject")
     data = probe_data(tokenizer, train_facts, [old_object, new_object], edit_fact.prompt)
     old_tok = first_token(tokenizer, edit_fact.prompt, old_object)
     new_tok = first_token(tokenizer, edit_fact.prompt, new_object)
-    old_c, new_c = data.candidate_tokens.index(old_tok), data.candidate_tokens.index(new_tok)
-    report: dict = {"candidates": data.candidates, "train_facts": len(data.facts), "folds": folds,
-                    "min_probe_accuracy": min_probe_accuracy, "models": {}}
+    probe = probe_status(data)
+    report: dict = {"status": MEASURED, "candidates": data.candidates, "train_facts": len(data.facts),
+                    "folds": folds, "min_probe_accuracy": min_probe_accuracy, "probe": probe, "models": {}}
     for name, model in models.items():
-        unembed = model.get_output_embeddings().weight.detach()[data.candidate_tokens].float().cpu()
         edit_states = layer_states(model, tokenizer, [edit_fact])
-        train_states = layer_states(model, tokenizer, data.facts) if data.facts else None
+        train_states = layer_states(model, tokenizer, data.facts) if probe["status"] == MEASURED else None
         entry: dict = {}
         for pos in POSITIONS:
-            ranks = lens_ranks(model, edit_states[pos][0], old_tok)
-            new_ranks = lens_ranks(model, edit_states[pos][0], new_tok)
-            if train_states is not None:
-                acc, weights = cross_validated_probe(train_states[pos], data.labels, unembed, steps, folds)
-            else:
-                acc = torch.zeros(edit_states[pos].shape[1])
-                weights = fit_probe(edit_states[pos], torch.zeros(0, dtype=torch.long), unembed)
-            probs = probe_predict(weights, edit_states[pos], unembed)[0]  # (L, C)
-            picked = probs.argmax(-1)
-            trusted = acc >= max(min_probe_accuracy, 1.0 / max(len(data.candidates), 1))
-            entry[pos] = {
-                "lens_old_rank": ranks,
-                "lens_new_rank": new_ranks,
-                "probe_heldout_accuracy": [round(float(a), 3) for a in acc],
-                "probe_old_prob": [round(float(p), 4) for p in probs[:, old_c]],
-                "probe_new_prob": [round(float(p), 4) for p in probs[:, new_c]],
-                "probe_picks": [data.candidates[int(i)] for i in picked],
-                "probe_reads_old_layers": [layer for layer in range(len(picked))
-                                           if int(picked[layer]) == old_c and bool(trusted[layer])],
-                "trusted_layers": [layer for layer in range(len(trusted)) if bool(trusted[layer])],
-            }
+            entry[pos] = {"lens_old_rank": lens_ranks(model, edit_states[pos][0], old_tok),
+                          "lens_new_rank": lens_ranks(model, edit_states[pos][0], new_tok)}
+            probe_figures = _no_probe() if train_states is None else _probe_figures(
+                model, data, edit_states[pos], train_states[pos], (old_tok, new_tok), steps, min_probe_accuracy, folds)
+            entry[pos].update(probe_figures)
         entry["next_token_old_rank"] = entry[FINAL]["lens_old_rank"][-1]
         entry["next_token_new_rank"] = entry[FINAL]["lens_new_rank"][-1]
         report["models"][name] = entry
     return report
+
+
+def _no_probe() -> dict:
+    return {key: [] for key in ("probe_heldout_accuracy", "probe_old_prob", "probe_new_prob", "probe_picks",
+                                "probe_reads_old_layers", "trusted_layers")}
+
+
+def _probe_figures(model: nn.Module, data: ProbeData, edit_states: torch.Tensor, train_states: torch.Tensor,
+                   old_new: tuple[int, int], steps: int, min_probe_accuracy: float, folds: int) -> dict:
+    """The probe trained (cross-validated) on `train_states`, read on the edited fact's states."""
+    old_c, new_c = (data.candidate_tokens.index(t) for t in old_new)
+    unembed = model.get_output_embeddings().weight.detach()[data.candidate_tokens].float().cpu()
+    acc, weights = cross_validated_probe(train_states, data.labels, unembed, steps, folds)
+    probs = probe_predict(weights, edit_states, unembed)[0]  # (L, C)
+    picked = probs.argmax(-1)
+    trusted = acc >= max(min_probe_accuracy, 1.0 / max(len(data.candidates), 1))
+    return {
+        "probe_heldout_accuracy": [round(float(a), 3) for a in acc],
+        "probe_old_prob": [round(float(p), 4) for p in probs[:, old_c]],
+        "probe_new_prob": [round(float(p), 4) for p in probs[:, new_c]],
+        "probe_picks": [data.candidates[int(i)] for i in picked],
+        "probe_reads_old_layers": [layer for layer in range(len(picked))
+                                   if int(picked[layer]) == old_c and bool(trusted[layer])],
+        "trusted_layers": [layer for layer in range(len(trusted)) if bool(trusted[layer])],
+    }

@@ -31,6 +31,7 @@ from ..evaluate.scoring import (
 from ..requests import EditRequest
 from .data import mentions_edit
 from .latent import ProbeFact
+from .status import MEASURED, measured, skipped
 
 SUBJECT_SENTENCES = (
     "Many people took photos of {} last summer.",
@@ -119,24 +120,33 @@ def finetune(model: nn.Module, tokenizer, examples: Sequence[tuple[str, str]], s
 
 def relearn_report(model: nn.Module, tokenizer, request: EditRequest, facts: Sequence[ProbeFact],
                    steps: int = 10, lr: float = 3e-5, before: dict | None = None) -> dict:
-    """Forgetting of the edited model before and after each attack."""
+    """Forgetting of the edited model before and after each attack; an attack with no training
+    text is skipped with the reason."""
     before = before or forget_measure(model, tokenizer, request)
-    report: dict = {"steps": steps, "lr": lr, "before": before, "attacks": {}}
+    report: dict = {"status": MEASURED, "steps": steps, "lr": lr, "before": before, "attacks": {}}
     for name, examples in (("other_facts", other_fact_examples(request, facts)),
                            ("subject_sentences", subject_examples(request, tokenizer))):
         if not examples:
-            report["attacks"][name] = None
+            report["attacks"][name] = skipped(_no_examples(name, request))
             continue
         tick = time.perf_counter()
         tuned = finetune(model, tokenizer, examples, steps, lr)
         after = forget_measure(tuned, tokenizer, request)
         del tuned
-        report["attacks"][name] = {
-            "train_examples": len(examples),
-            "train_prompts": [p or s for p, s in examples],
-            "after": after,
-            "old_returned": after["forget_rate"] < before["forget_rate"],
-            "old_logprob_gain": after["old_logprob"] - before["old_logprob"],
-            "seconds": round(time.perf_counter() - tick, 2),
-        }
+        report["attacks"][name] = measured(
+            train_examples=len(examples),
+            train_prompts=[p or s for p, s in examples],
+            after=after,
+            old_returned=after["forget_rate"] < before["forget_rate"],
+            old_logprob_gain=after["old_logprob"] - before["old_logprob"],
+            seconds=round(time.perf_counter() - tick, 2),
+        )
     return report
+
+
+def _no_examples(attack: str, request: EditRequest) -> str:
+    if attack == "other_facts":
+        return "no other facts of the relation to train on"
+    if contains_object(request.subject, request.old_object):
+        return "the subject names the old object, so no sentence about it can leave the old fact out"
+    return "the tokenizer cannot write any of the subject sentences"
