@@ -30,7 +30,7 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from circuitedit import edit, load_model
-from circuitedit.evaluate.facts import control_facts, controls_for
+from circuitedit.evaluate.facts import control_facts
 from circuitedit.evaluate.runner import Probe, take_snapshot
 from circuitedit.evaluate.scoring import (
     TargetTokenizationError,
@@ -214,7 +214,7 @@ def edit_table(model, tokenizer, results: list[dict], methods: list[str], args) 
                 baseline = take_snapshot(model, tokenizer, request, probes, edit_config.evaluate,
                                          kinds={"control"}, margins=True)
             chosen = entry["localizations"][method].select_by(edit_config.localize, num_layers)
-            result = edit(model, tokenizer, request, edit_config, controls=controls_for(request, controls),
+            result = edit(model, tokenizer, request, edit_config, controls=controls,
                           control_baseline=baseline, components=chosen)
             line = {"case_id": request.case_id, "subject": request.subject, "method": method,
                     "components": [c.name for c in chosen], "steps": result.outcome.steps,

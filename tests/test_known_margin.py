@@ -1,6 +1,9 @@
-"""F_control counts only facts the unedited model knew clearly, and never trains on them."""
+"""F_control counts every control fact the unedited model stated (the margin-filtered figure is a
+second column), and never trains on them; forget checks read the answer, not the subject."""
 
 from __future__ import annotations
+
+import pytest
 
 from circuitedit.evaluate.facts import control_facts, subject_pool
 from circuitedit.evaluate.metrics import edit_metrics, probe_rows
@@ -30,19 +33,51 @@ def _snapshots():
     return probes, before, after
 
 
-def test_near_tie_controls_are_not_counted_as_known():
+def test_f_control_counts_every_stated_fact_and_the_clear_column_filters_near_ties():
     probes, before, after = _snapshots()
-    rows = probe_rows(REQUEST, probes, before, after, known_margin=1.0)
-    metrics = edit_metrics(REQUEST, rows, before, after)
-    # Norway was answered by a 0.2-logit near-tie: excluded; of Japan and Bees, one kept.
-    assert metrics["control_known_before"] == 2 and metrics["control_near_ties_excluded"] == 1
-    assert metrics["f_control"] == 0.5
+    metrics = edit_metrics(REQUEST, probe_rows(REQUEST, probes, before, after, known_margin=1.0), before, after)
+    # Three facts stated, two lost (Norway by a 0.2-logit near-tie, Bees clearly): 1 of 3 kept.
+    assert metrics["control_stated_before"] == 3 and metrics["control_lost"] == 2
+    assert metrics["f_control"] == 1 / 3
+    # The second column leaves the near-tie (Norway) out: Japan kept, Bees lost.
+    assert metrics["control_clear_before"] == 2 and metrics["f_control_clear"] == 0.5
 
 
-def test_zero_margin_counts_every_correct_answer():
+def test_zero_margin_makes_the_clear_column_the_headline():
     probes, before, after = _snapshots()
     metrics = edit_metrics(REQUEST, probe_rows(REQUEST, probes, before, after, known_margin=0.0), before, after)
-    assert metrics["control_known_before"] == 3 and metrics["f_control"] == 1 / 3
+    assert metrics["f_control_clear"] == metrics["f_control"] == 1 / 3
+
+
+HONDA = EditRequest(subject="Honda Prelude", prompt="{} is a product of", old_object="Honda",
+                    new_object="Toyota", test_paraphrases=["{}, developed by"])
+
+
+@pytest.mark.parametrize(("after", "forgotten", "forgotten_strict"), [
+    (" the 1986 Honda Prelude. It", True, False),  # repeats the subject only
+    (" Honda, the Japanese maker", False, False),  # gives the old object
+    (" Toyota, not Honda Prelude", True, False),
+    (" Toyota.", True, True),
+])
+def test_forget_reads_the_answer_not_a_repetition_of_the_subject(after, forgotten, forgotten_strict):
+    probes = [Probe("edit", HONDA.text, "Toyota")]
+    before = Snapshot(continuations={("edit", HONDA.text): " Honda, a Japanese company"})
+    later = Snapshot(continuations={("edit", HONDA.text): after})
+    metrics = edit_metrics(HONDA, probe_rows(HONDA, probes, before, later), before, later)
+    assert metrics["forget_rate"] == float(forgotten)
+    assert metrics["forget_rate_strict"] == float(forgotten_strict)
+    assert metrics["old_fact_stated_before"] == 1.0
+
+
+def test_a_new_object_inside_the_subject_is_not_a_new_fact_stated():
+    request = EditRequest(subject="Google Map Maker", prompt="{} was developed by", old_object="Microsoft",
+                          new_object="Google", test_paraphrases=["The makers of {} are"])
+    text = request.held_out_prompts[0]
+    probes = [Probe("test_paraphrase", text, "Google")]
+    before = Snapshot(continuations={("test_paraphrase", text): " Microsoft."})
+    after = Snapshot(continuations={("test_paraphrase", text): " the team behind Google Map Maker"})
+    metrics = edit_metrics(request, probe_rows(request, probes, before, after), before, after)
+    assert metrics["paraphrase_accuracy"] == 0.0 and metrics["paraphrase_accuracy_strict"] == 1.0
 
 
 def test_subject_pool_never_names_a_control_fact_subject():

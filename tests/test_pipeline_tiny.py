@@ -21,7 +21,8 @@ from tiny import FAMILIES, tiny_model
 
 FAMILY, SEED = "gemma3_text", 0
 METRIC_KEYS = {"new_fact_accuracy", "paraphrase_accuracy", "train_paraphrase_accuracy", "question_accuracy",
-               "forget_rate", "f_control", "control_known_before", "neighbourhood_accuracy", "efficacy",
+               "forget_rate", "f_control", "f_control_clear", "control_stated_before", "neighbourhood_accuracy",
+               "efficacy",
                "paraphrase_efficacy"}
 REQUEST = dict(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", old_object="Paris",
                new_object="Rome", paraphrases=["Tourists visit the Eiffel Tower in the city of"],
@@ -296,3 +297,46 @@ def test_a_control_baseline_taken_once_measures_what_each_edit_would():
         assert a.margin_before == expected
         assert {**a.to_dict(), "margin_before": None} == {**b.to_dict(), "margin_before": None}
     assert shared.metrics == own.metrics
+
+
+def _stated_facts(model, tokenizer, prompts: list[str]):
+    """Facts whose answer is the tiny model's own first continuation word: facts it states."""
+    from circuitedit.evaluate.facts import Fact
+    from circuitedit.evaluate.scoring import greedy_continuations
+
+    texts = greedy_continuations(model, tokenizer, prompts, max_new_tokens=3)
+    return [Fact(p, t.split()[0]) for p, t in zip(prompts, texts, strict=True) if t.split()]
+
+
+def _upcast(model, tokenizer, request, components, context, config, progress=None):
+    """An editor that trains nothing but returns its copy in fp32, as ft-full does."""
+    from circuitedit.edit.base import EditOutcome
+
+    return EditOutcome(model=model.float(), stages=[])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["none", "upcast"])
+def test_an_edit_that_changes_nothing_keeps_every_stated_fact(monkeypatch, method, dtype):
+    """The identity edit keeps every stated control and neighbour fact, near-ties included: the
+    before and after snapshots run the same batches in the same dtypes (an editor that upcasts to
+    fp32 is compared with the base model re-measured in fp32)."""
+    from circuitedit.edit.base import EDITORS
+    from circuitedit.evaluate.facts import control_facts
+
+    _upcast.uses_localization = False
+    monkeypatch.setitem(EDITORS, "upcast", _upcast)
+    model, tokenizer = tiny_model(FAMILY, SEED)
+    model.to(dtype)
+    controls = _stated_facts(model, tokenizer, [f.prompt for f in control_facts()[:24]])
+    neighbours = _stated_facts(model, tokenizer, ["The Louvre is located in the city of", "Michael Jordan plays"])
+    request = EditRequest(**{**REQUEST, "neighbourhood": [{"prompt": f.prompt, "answer": f.answer} for f in neighbours]})
+    config = small_config()
+    config.method = method
+    config.evaluate.known_margin = 1e9  # every stated fact is a "near-tie": none may be dropped
+    result = edit(model, tokenizer, request, config, controls=controls)
+    # Stated in `dtype`; re-measured in fp32 for the upcast edit, where a near-tie may go either way.
+    assert result.metrics["control_stated_before"] >= (len(controls) if method == "none" else 10)
+    assert result.metrics["f_control"] == 1.0 and result.metrics["control_lost"] == 0
+    assert result.metrics["f_control_clear"] is None  # the margin column counted none of them
+    assert result.metrics["neighbourhood_accuracy"] == 1.0

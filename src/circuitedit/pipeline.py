@@ -26,6 +26,7 @@ from .evaluate.runner import (
     EvalConfig,
     Snapshot,
     cached_control_snapshot,
+    control_snapshot,
     probes_for,
     take_snapshot,
 )
@@ -171,6 +172,31 @@ def template_scan(model: nn.Module, tokenizer, request: EditRequest,
     return scan
 
 
+def measure(model: nn.Module, tokenizer, request: EditRequest, probes: list, controls: list[Fact],
+            config: EvalConfig, control_baseline: Snapshot | None = None) -> Snapshot:
+    """Every probe on `model`: the request's own probes as one group and the whole control set as
+    another (or `control_baseline`, that group already taken), the same batches before and after
+    an edit, so an unchanged model gives unchanged answers."""
+    own = [p for p in probes if p.kind != "control"]
+    snap = take_snapshot(model, tokenizer, request, own, config, margins=True)
+    ctrl = control_baseline or control_snapshot(model, tokenizer, request, controls, config)
+    snap.continuations.update({k: v for k, v in ctrl.continuations.items() if k[0] == "control"})
+    snap.margins.update({k: v for k, v in ctrl.margins.items() if k[0] == "control"})
+    return snap
+
+
+def in_dtypes_of(base: nn.Module, edited: nn.Module) -> nn.Module | None:
+    """A copy of `base` whose every parameter has the dtype of `edited`'s, or None when they
+    already agree (an editor that upcast what it trained)."""
+    wanted = {name: p.dtype for name, p in edited.named_parameters()}
+    if all(wanted.get(name, p.dtype) == p.dtype for name, p in base.named_parameters()):
+        return None
+    matched = copy.deepcopy(base)
+    for name, param in matched.named_parameters():
+        param.data = param.data.to(wanted.get(name, param.dtype))
+    return matched.eval()
+
+
 def edit(
     model: nn.Module,
     tokenizer,
@@ -185,8 +211,10 @@ def edit(
 ) -> EditResult:
     """Edit one fact on a copy of `model` and measure the edit against the unedited model.
 
-    components: skip localization and train these. control_baseline: a snapshot of the control
-    facts on the unedited model, reused across many edits of the same model. references: where
+    components: skip localization and train these. controls: the control facts (default: the
+    built-in set; those naming the request's subject are left out of the metrics).
+    control_baseline: `control_snapshot` of `controls` on the unedited model, reused across many
+    edits of the same model. references: where
     the unedited model's answers to the built-in texts (control facts, sampled prefixes) are
     kept between edits and runs (`ReferenceCache.default()` on disk; None computes them anew).
     """
@@ -203,20 +231,11 @@ def edit(
         bound = references.for_model(model)
         timings["fingerprint_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
+    controls = control_facts() if controls is None else controls
     if control_baseline is None and bound is not None:
-        # Of every control fact (not only this request's), so one entry serves every request.
-        control_baseline = cached_control_snapshot(bound, model, tokenizer, request,
-                                                   control_facts() if controls is None else controls,
-                                                   config.evaluate)
-    controls = controls_for(request) if controls is None else controls
-    probes = probes_for(request, controls, tokenizer)
-    if control_baseline is None:
-        before = take_snapshot(model, tokenizer, request, probes, config.evaluate, margins=True)
-    else:
-        before = take_snapshot(model, tokenizer, request, probes, config.evaluate,
-                               kinds={p.kind for p in probes} - {"control"}, margins=True)
-        before.continuations.update({k: v for k, v in control_baseline.continuations.items() if k[0] == "control"})
-        before.margins.update({k: v for k, v in control_baseline.margins.items() if k[0] == "control"})
+        control_baseline = cached_control_snapshot(bound, model, tokenizer, request, controls, config.evaluate)
+    probes = probes_for(request, controls_for(request, controls), tokenizer)
+    before = measure(model, tokenizer, request, probes, controls, config.evaluate, control_baseline)
     timings["evaluate_before_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -252,7 +271,11 @@ def edit(
         timings[f"{stage.name}_s"] = stage.seconds
 
     tick = time.perf_counter()
-    after = take_snapshot(outcome.model, tokenizer, request, probes, config.evaluate)
+    after = measure(outcome.model, tokenizer, request, probes, controls, config.evaluate)
+    if (matched := in_dtypes_of(model, outcome.model)) is not None:
+        # An editor that trains in fp32 (ft-full) is compared with the base model in fp32, so
+        # that rounding alone moves no near-tie.
+        before = measure(matched, tokenizer, request, probes, controls, config.evaluate)
     timings["evaluate_after_s"] = time.perf_counter() - tick
     rows = probe_rows(request, probes, before, after, config.evaluate.known_margin)
     metrics = edit_metrics(request, rows, before, after)

@@ -283,7 +283,7 @@ def greedy_generate(
     device = input_device(model)
     output = GreedyOutput([], [])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
+    control = special_token_ids(tokenizer)
     cache_kw = cache_keyword(body(model))
     stop_at = [None] * len(prompts) if stop_at is None else list(stop_at)
     for start in range(0, len(prompts), batch_size):
@@ -310,10 +310,12 @@ def greedy_generate(
             for index, token in zip(live, next_ids.tolist(), strict=True):
                 if index in finished:
                     continue
+                if token in control or is_control_token(tokenizer, token):
+                    finished.add(index)  # the end of the text: never shown, nothing follows it
+                    continue
                 tokens[index].append(token)
                 stop = stops[index]
-                if token == eos or (stop and names_object_settled(
-                        tokenizer.decode(tokens[index], skip_special_tokens=True), stop)):
+                if stop and names_object_settled(tokenizer.decode(tokens[index], skip_special_tokens=True), stop):
                     finished.add(index)
             if len(finished) == len(ids) or step == max_new_tokens - 1:
                 break
@@ -333,6 +335,26 @@ def greedy_generate(
     return output
 
 
+# Markup tokens a vocabulary may hold as ordinary entries (Gemma-3's "<start_of_image>",
+# "<end_of_turn>", "[multimodal]"): a continuation ends there like at EOS.
+CONTROL_TOKEN = re.compile(r"<\|?\w*_\w*\|?>|<unused\d+>|\[[a-z_]+\]")
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    """EOS, every special token and every added token the tokenizer marks special."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, added in tokenizer.added_tokens_decoder.items() if added.special)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def is_control_token(tokenizer, token_id: int) -> bool:
+    """Whether a generated token is markup rather than text (see CONTROL_TOKEN)."""
+    piece = tokenizer.convert_ids_to_tokens(token_id)
+    return isinstance(piece, str) and CONTROL_TOKEN.fullmatch(piece) is not None
+
+
 def _object_pattern(obj: str, settled: bool = False) -> str | None:
     needle = re.escape(obj.strip().casefold())
     if not needle:
@@ -348,6 +370,15 @@ def contains_object(text: str, obj: str) -> bool:
     """Whether a continuation names the object (case-insensitive, on word boundaries)."""
     pattern = _object_pattern(obj)
     return pattern is not None and re.search(pattern, text.casefold()) is not None
+
+
+def states_object(text: str, obj: str, subject: str | None = None) -> bool:
+    """Whether a continuation gives the object as its answer: `contains_object`, except that a
+    mention inside a repetition of a subject that itself names the object ("the 1986 Honda
+    Prelude" for Honda) does not count."""
+    if subject and contains_object(subject, obj):
+        text = re.sub(re.escape(subject.strip()), " ", text, flags=re.IGNORECASE)
+    return contains_object(text, obj)
 
 
 def names_object_settled(text: str, obj: str) -> bool:

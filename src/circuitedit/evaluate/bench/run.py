@@ -15,7 +15,7 @@ from ...models.components import Component
 from ...pipeline import EditConfig, edit
 from ...report import check_output_directory, write_text_atomic
 from ..datasets import SPORTS, load_requests
-from ..facts import Fact, control_facts, controls_for
+from ..facts import Fact, control_facts
 from ..fluency import perplexity
 from ..multiple_choice import choice_set, distractors_for
 from ..reference_cache import ReferenceCache
@@ -149,7 +149,7 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                 cfg.method = method
                 components = [] if loc is None else _components(model, tokenizer, request, cfg, loc, index,
                                                                 config, per_fact)
-                result = edit(model, tokenizer, request, cfg, controls=controls_for(request, controls),
+                result = edit(model, tokenizer, request, cfg, controls=controls,
                               control_baseline=control_baseline, components=components, references=references)
                 after = fact_measures(result.model, tokenizer, request, per_fact["choices"],
                                       config.generation_tokens)
