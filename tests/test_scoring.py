@@ -180,3 +180,31 @@ def test_greedy_stop_at_ends_a_row_early_and_leaves_the_others(family):
     assert full[0].startswith(short[0]) and len(short[0]) < len(full[0])
     assert contains_object(short[0], stop)
     assert short[1:] == full[1:]
+
+
+def test_greedy_continuations_end_at_markup_tokens_and_never_show_them(monkeypatch):
+    """Gemma-3's vocabulary holds "<start_of_image>" as an ordinary entry: a continuation ends
+    there like at EOS, and neither token is printed."""
+    from circuitedit.evaluate import scoring
+
+    model, tokenizer = tiny_model("llama")
+    tokenizer.add_tokens(["<start_of_image>"])  # not special: an ordinary vocabulary entry
+    model.resize_token_embeddings(len(tokenizer))
+    script = [tokenizer.convert_tokens_to_ids(t) for t in ("Rome", "<start_of_image>", "Paris")]
+    calls = iter(range(len(script)))
+
+    def scripted_top(model, hidden, k=1):
+        token = script[next(calls)]
+        return torch.full((hidden.shape[0],), token), torch.tensor([[2.0, 1.0][:k]] * hidden.shape[0])
+
+    monkeypatch.setattr(scoring, "head_top", scripted_top)
+    assert greedy_continuations(model, tokenizer, [PROMPT], max_new_tokens=3) == ["Rome"]
+
+
+@pytest.mark.parametrize(("piece", "control"), [("<start_of_image>", True), ("<end_of_turn>", True),
+                                               ("<|im_end|>", True), ("<unused7>", True), ("[multimodal]", True),
+                                               ("<b>", False), ("▁Paris", False), ("Rome", False)])
+def test_markup_tokens_are_told_from_text(piece, control):
+    from circuitedit.evaluate.scoring import CONTROL_TOKEN
+
+    assert (CONTROL_TOKEN.fullmatch(piece) is not None) is control
