@@ -28,7 +28,30 @@ def test_auto_on_cpu_picks_bf16_only_where_it_is_faster(monkeypatch, amx, avx512
     assert loading.cpu_has_fast_bf16() is (expected is torch.bfloat16)
 
 
-def test_bf16_speedup_is_a_measured_ratio():
+def test_bf16_speedup_is_fp32_best_time_over_bf16_best_time(monkeypatch):
+    """Guards what the speedup is: the best of `repeats` timed fp32 matmuls over the best bf16 one,
+    the untimed warm-up call left out (the clock and the matmul are fakes with known durations)."""
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    # per dtype: the warm-up call, then the timed repeats
+    durations = {torch.float32: iter([100.0, 5.0, 3.0, 4.0]), torch.bfloat16: iter([100.0, 2.0, 0.5, 1.5])}
+    seen = []
+
+    def fake_linear(x, weight):
+        assert x.dtype == weight.dtype and x.shape == (8, 16) and weight.shape == (32, 16)
+        seen.append(x.dtype)
+        clock[0] += next(durations[x.dtype])
+
+    monkeypatch.setattr(loading, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(torch.nn.functional, "linear", fake_linear)
+    ratio = loading.bf16_matmul_speedup(rows=8, width=16, out=32, repeats=3)
+    assert ratio == 3.0 / 0.5
+    assert seen == [torch.float32] * 4 + [torch.bfloat16] * 4
+
+
+def test_bf16_speedup_runs_real_matmuls():
+    """Guards that the real measurement runs on this machine and gives a finite positive ratio."""
     ratio = loading.bf16_matmul_speedup(rows=8, width=16, out=32, repeats=2)
     assert 0 < ratio < float("inf")
 

@@ -30,13 +30,32 @@ def test_cached_context_gives_the_full_forward(family):
 
 
 def test_the_cache_is_reused_unchanged_across_steps():
+    """Guards the reuse: after `record`, `hidden` runs only the live tokens against the recorded
+    context, so changing the embeddings of the context-only tokens (BOS, the prefixes' words)
+    leaves it unchanged, however often it is called, while a fresh record sees the change."""
     model, tokenizer = tiny_model("gemma3_text")
     rows = build_frozen_context_batch(tokenizer, PROMPTS, CONTEXTS, TARGETS)
+    embed = model.get_input_embeddings()
+    widths = []
+    embed.register_forward_hook(lambda module, args, out: widths.append(args[0].shape[1]))
     with torch.no_grad():
         rows.record(model)
+        assert widths == [rows.context_width]
         first = rows.hidden(model)
+        context_only = sorted(set(rows.context_ids[rows.context_mask.bool()].tolist())
+                              - set(rows.live.input_ids.flatten().tolist()))
+        assert tokenizer.bos_token_id in context_only and len(context_only) > 5
+        embed.weight[context_only] += 1.0  # the context would now give other keys and values
         second = rows.hidden(model)
-    torch.testing.assert_close(first, second, atol=0, rtol=0)
+        third = rows.hidden(model)
+        assert widths[1:] == [rows.live.input_ids.shape[1]] * 3  # each step: the live tokens only
+        rerecorded = build_frozen_context_batch(tokenizer, PROMPTS, CONTEXTS, TARGETS)
+        rerecorded.record(model)
+        changed = rerecorded.hidden(model)
+    torch.testing.assert_close(second, first, atol=0, rtol=0)
+    torch.testing.assert_close(third, first, atol=0, rtol=0)
+    live = rows.live.attention_mask.bool()
+    assert not torch.allclose(changed[live], first[live], atol=1e-3)
 
 
 def test_the_prompts_last_token_stays_live_and_a_foreign_context_is_refused():

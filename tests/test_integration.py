@@ -64,11 +64,24 @@ def test_second_relation_edit_leaves_base_model_untouched(embedded):
     assert request.new_object in edit_row.after and request.old_object not in edit_row.after
 
 
-def test_second_model_load_comes_from_the_safetensors_cache():
-    from circuitedit.models.loading import cached_checkpoint
+def test_second_model_load_comes_from_the_safetensors_cache(monkeypatch):
+    """Guards the GGUF cache: once converted, loading the alias reads the cached safetensors and
+    neither assembles nor dequantizes the GGUF again, nor rewrites the cache."""
+    from circuitedit.models import loading
 
-    path = cached_checkpoint("gemma3-270m")
-    assert (path / "model.safetensors").exists() and (path / "tokenizer.json").exists()
+    path = loading.cached_checkpoint("gemma3-270m")  # converts here only on a cold cache
+    weights = path / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+
+    def converts(*args, **kwargs):
+        raise AssertionError("the cached checkpoint was converted again")
+
+    monkeypatch.setattr(loading, "_embedded_gguf", converts)
+    monkeypatch.setattr(loading, "_convert_gguf", converts)
+    assert loading.cached_checkpoint("gemma3-270m") == path
+    model, _ = load_model(dtype="fp32", device="cpu")
+    assert model.name_or_path == str(path)  # transformers records where the weights came from
+    assert weights.stat().st_mtime_ns == written
 
 
 def test_chat_template_path_on_smollm2():
