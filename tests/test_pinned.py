@@ -24,6 +24,10 @@ REQUEST = EditRequest(subject="Eiffel Tower", prompt="The Eiffel Tower is locate
                       paraphrases=["Tourists visit the Eiffel Tower in the city of"],
                       test_paraphrases=["The Eiffel Tower can be found in"])
 
+# The same for both models (recorded after the answer-reading change of the metrics).
+METRICS = {"new_fact_accuracy": 1.0, "train_paraphrase_accuracy": 1.0, "paraphrase_accuracy": 0.0,
+           "forget_rate": 1.0, "old_fact_stated_before": 0.0, "efficacy": 1.0, "paraphrase_efficacy": 1.0}
+
 # The defaults, except: both MLPs of the 2-layer model, and margins and learning rates a random
 # model can reach in a few steps, so that a stage stops by the margin rule (llama's unlearn, both
 # learns) as well as at max_steps (gemma3's unlearn). One generated prefix (the frozen-context
@@ -40,6 +44,7 @@ CONFIG = {
 EDITS = {
     "llama": {
         "components": ["L0.MLP", "L1.MLP"],
+        "after": ["Rome Xbox Mbappe", "Rome Putin C", "Juliet ! van"],
         "stages": [
             ("unlearn", 13, True, [
                 6.9713759, 6.8637137, 6.7556081, 6.6473279, 6.5573781, 6.4794834, 6.425034,
@@ -52,6 +57,7 @@ EDITS = {
     },
     "gemma3_text": {
         "components": ["L0.MLP", "L1.MLP"],
+        "after": ["Rome Rome Rome", "Rome Rome Rome", "Games Games handful"],
         "stages": [
             ("unlearn", 30, False, [
                 6.8422813, 6.6145992, 6.5238019, 6.4849034, 6.4394038, 6.4239433, 6.4013508,
@@ -99,8 +105,9 @@ ATTRIBUTION = {
 
 @pytest.mark.parametrize("family", list(EDITS))
 def test_unlearn_then_learn_losses_and_steps_are_pinned(family):
-    """Guards the training loop: per stage, its step count, whether the margin rule stopped it,
-    and the loss of every step of one unlearn-then-learn edit."""
+    """Guards the training loop and the measurement: per stage, its step count, whether the margin
+    rule stopped it, and the loss of every step of one unlearn-then-learn edit; then the edited
+    model's greedy continuations (edit prompt, training and held-out paraphrase) and metrics."""
     model, tokenizer = tiny_model(family)
     torch.manual_seed(0)
     result = edit(model, tokenizer, REQUEST, EditConfig.from_dict(CONFIG), controls=[])
@@ -112,6 +119,8 @@ def test_unlearn_then_learn_losses_and_steps_are_pinned(family):
         torch.testing.assert_close(torch.tensor(stage.losses, dtype=torch.float64),
                                    torch.tensor(losses, dtype=torch.float64), **LOSS_TOLERANCE,
                                    msg=lambda m, name=name: f"{family} {name} losses: {m}")
+    assert [row.after for row in result.rows] == pinned["after"]
+    assert {k: result.metrics[k] for k in METRICS} == METRICS
 
 
 @pytest.mark.parametrize("family", list(ATTRIBUTION))
