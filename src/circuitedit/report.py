@@ -156,7 +156,7 @@ def write_json(path: Path, data: dict) -> None:
 
 def write_edit_outputs(result, out_dir: Path, tokenizer, save_model: bool = False,
                        extra: Callable[[Path], None] | None = None) -> Path:
-    """edit.json, both adapters in PEFT format and (optionally) the edited model, atomically."""
+    """edit.json, report.html, both adapters in PEFT format and (optionally) the edited model, atomically."""
     with atomic_directory(out_dir, marker=EDIT_FILE) as tmp:
         write_json(tmp / EDIT_FILE, result.to_dict())
         for artifact in result.outcome.adapters:
@@ -171,4 +171,9 @@ def write_edit_outputs(result, out_dir: Path, tokenizer, save_model: bool = Fals
             tokenizer.save_pretrained(tmp / "model")
         if extra:
             extra(tmp)
+        from .html_report import REPORT_FILE, edit_html  # late: html_report imports this module
+
+        # Rendered from the written edit.json, so what `extra` added (the model's name) shows too.
+        edit_dict = json.loads((tmp / EDIT_FILE).read_text(encoding="utf-8"))
+        (tmp / REPORT_FILE).write_text(edit_html(edit_dict), encoding="utf-8")
     return out_dir

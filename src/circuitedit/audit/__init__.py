@@ -20,6 +20,7 @@ from torch import nn
 
 from ..edit.base import freeze
 from ..evaluate.facts import Fact
+from ..html_report import audit_html
 from ..report import write_text_atomic
 from ..requests import EditRequest
 from ..saved_edit import STAGES, adapter_dirs, merged_adapter, read_edit_json
@@ -191,10 +192,11 @@ def _frozen(model: nn.Module) -> nn.Module:
 
 
 def write_audit(report: AuditReport, out_dir: Path | str) -> tuple[Path, Path]:
-    """OUT/audit.json and OUT/audit.md."""
+    """OUT/audit.json and OUT/audit.md (returned), and OUT/audit.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "audit.json", out_dir / "audit.md"
     write_text_atomic(json_path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
     write_text_atomic(md_path, report.to_markdown())
+    write_text_atomic(out_dir / "audit.html", audit_html(report.to_dict()))
     return json_path, md_path

@@ -1,4 +1,4 @@
-"""Aggregation (means, bootstrap intervals) and OUT/summary.{json,md,png}."""
+"""Aggregation (means, bootstrap intervals) and OUT/summary.{json,md,png,html}."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...html_report import bench_html
 from ...report import write_text_atomic
 from .config import BenchConfig
 from .provenance import software_lines
@@ -172,6 +173,7 @@ def write_summary(out: Path, summary: dict) -> None:
     tmp = out / "summary.tmp.png"
     bar_chart(summary, tmp)
     os.replace(tmp, out / "summary.png")
+    write_text_atomic(out / "summary.html", bench_html(summary, (out / "summary.png").read_bytes()))
 
 
 REACH_SHORT = {"logit lens": "lens", "linear probe": "probe", "indirect prompts": "prompts", "formats": "formats",
