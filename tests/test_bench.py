@@ -261,3 +261,31 @@ def test_unknown_localizer_is_a_user_error_listing_each_localizer_once(tmp_path)
     with pytest.raises(BenchError, match="unknown localizer 'nope'") as caught:
         run_bench(BenchConfig(data=str(FIXTURE), fmt="jsonl", localizers=["random", "nope"], out=str(tmp_path)))
     assert str(caught.value).count("random") == 1 and "attribution" in str(caught.value)
+
+
+def test_dataset_controls_are_stated_never_edited_and_kept_by_an_identity_edit():
+    """F_control on the dataset: only facts after the edited ones, none about an edited subject,
+    only those the unedited model states; the unedited model keeps all of them."""
+    import copy
+
+    from circuitedit.evaluate.bench.measures import dataset_control_retention
+    from circuitedit.evaluate.bench.selection import select_dataset_controls
+    from circuitedit.evaluate.facts import Fact
+    from circuitedit.evaluate.runner import EvalConfig, control_snapshot
+    from circuitedit.requests import EditRequest
+
+    model, tokenizer = tiny_model("gemma3_text")
+    subjects = ["France", "Italy", "Germany", "Paris", "Rome", "Berlin", "France", "Italy", "London"]
+    prompts = [f"The capital of {s} is" for s in subjects]
+    answers = [t.split()[0] for t in greedy_continuations(model, tokenizer, prompts, 10)]
+    requests = [EditRequest(subject=s, prompt=p, old_object=a, new_object="Qux")
+                for s, p, a in zip(subjects, prompts, answers, strict=True)]
+    requests[5] = EditRequest(subject="Berlin", prompt=prompts[5], old_object="Baz", new_object="Qux")
+    chosen = select_dataset_controls(model, tokenizer, requests, edited=[0, 1], start=2, n=4)
+    # 6 and 7 are about the edited France and Italy; 5 is not stated
+    assert chosen == [2, 3, 4, 8]
+    facts = [Fact(requests[i].text, requests[i].old_object) for i in chosen]
+    config = EvalConfig()
+    baseline = control_snapshot(model, tokenizer, requests[0], facts, config)
+    kept = dataset_control_retention(model, copy.deepcopy(model), tokenizer, requests[0], facts, baseline, config)
+    assert kept == {"f_control_dataset": 1.0, "dataset_controls_stated": 4}

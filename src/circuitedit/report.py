@@ -25,10 +25,12 @@ METRIC_LABELS = {
     "paraphrase_accuracy_stated": "  ... of those that gave the old fact before",
     "train_paraphrase_accuracy": "new-fact accuracy (training paraphrases)",
     "question_accuracy": "new-fact accuracy (question form, chat)",
-    "forget_rate": "forget rate (old object not produced)",
+    "forget_rate": "forget rate (old object not given as the answer)",
+    "forget_rate_strict": "  ... counting a mention inside the subject too",
     "old_fact_stated_before": "old fact stated before the edit (same prompts)",
-    "f_control": "F_control (known control facts kept)",
-    "neighbourhood_accuracy": "neighbourhood accuracy",
+    "f_control": "F_control (stated control facts kept)",
+    "f_control_clear": "  ... of those stated by a clear margin",
+    "neighbourhood_accuracy": "neighbourhood accuracy (stated neighbours kept)",
     "efficacy": "efficacy P(new) > P(old)",
     "paraphrase_efficacy": "paraphrase efficacy",
 }
@@ -50,20 +52,54 @@ def components_table(result_dict: dict, limit: int = 20) -> Table:
     return table
 
 
-def rows_table(result_dict: dict, include_controls: bool = False) -> Table:
+EDIT_ROW_KINDS = ("edit", "train_paraphrase", "test_paraphrase", "question")
+FACT_ROW_KINDS = {"control": "control facts", "neighbourhood": "neighbourhood facts"}
+
+
+def changed_fact_rows(rows: list[dict]) -> list[dict]:
+    """The control and neighbourhood rows that count against the edit: stated before, not after."""
+    return [r for r in rows if r["kind"] in FACT_ROW_KINDS and r["expected_before"] and not r["expected_after"]]
+
+
+def unchanged_summary(rows: list[dict]) -> list[str]:
+    """One line per fact kind: "58 of 62 control facts unchanged" (of those the model stated)."""
+    lines = []
+    for kind, noun in FACT_ROW_KINDS.items():
+        stated = [r for r in rows if r["kind"] == kind and r["expected_before"]]
+        if stated:
+            kept = sum(r["expected_after"] for r in stated)
+            lines.append(f"{kept} of {len(stated)} {noun} the model stated still stated")
+    return lines
+
+
+def rows_table(result_dict: dict) -> Table:
+    """The edit's own probes, then only the control and neighbourhood facts the edit lost."""
     table = Table(title="Before / after (greedy continuations)")
     for col in ("probe", "prompt", "before", "after", "ok"):
         table.add_column(col, overflow="fold")
-    for row in result_dict["rows"]:
-        if row["kind"] == "control" and not include_controls and row["expected_after"] == row["expected_before"]:
-            continue
-        ok = row["expected_after"] and (row["kind"] in ("control", "neighbourhood") or not row["old_after"])
-        verdict = "[green]yes[/]" if ok else "[red]no[/]"
-        if row["kind"] in ("control", "neighbourhood") and not row.get("known_before", row["expected_before"]):
-            # F_control and neighbourhood accuracy only count facts known clearly before the edit
-            verdict = "[dim]near-tie before, not counted[/]" if row["expected_before"] else "[dim]not known before[/]"
-        table.add_row(row["kind"], row["prompt"], row["before"].strip()[:40], row["after"].strip()[:40], verdict)
+    rows = result_dict["rows"]
+    for row in [r for r in rows if r["kind"] in EDIT_ROW_KINDS] + changed_fact_rows(rows):
+        ok = row["expected_after"] and (row["kind"] in FACT_ROW_KINDS or not row["old_after"])
+        table.add_row(row["kind"], row["prompt"], row["before"].strip()[:40], row["after"].strip()[:40],
+                      "[green]yes[/]" if ok else "[red]no[/]")
     return table
+
+
+# metric -> the prefix of its counts (`<prefix>_stated_before`, `<prefix>_clear_before`, `<prefix>_lost`)
+COUNTED = {"f_control": ("control", "stated"), "f_control_clear": ("control", "clear"),
+           "neighbourhood_accuracy": ("neighbourhood", "stated"),
+           "neighbourhood_accuracy_clear": ("neighbourhood", "clear")}
+
+
+def metric_value(metrics: dict, key: str) -> str:
+    """The value, with "(kept/counted)" for the retention metrics: "0.952 (59/62)"."""
+    text = _fmt(metrics.get(key))
+    if key in COUNTED and metrics.get(key) is not None:
+        noun, which = COUNTED[key]
+        total = metrics.get(f"{noun}_{which}_before")
+        if total:
+            text += f" ({round(metrics[key] * total)}/{total})"
+    return text
 
 
 def metrics_table(metrics: dict, timings: dict | None = None) -> Table:
@@ -72,7 +108,7 @@ def metrics_table(metrics: dict, timings: dict | None = None) -> Table:
     table.add_column("value", justify="right")
     for key, label in METRIC_LABELS.items():
         if metrics.get(key) is not None:
-            table.add_row(label, _fmt(metrics[key]))
+            table.add_row(label, metric_value(metrics, key))
     if timings:
         table.add_row("total seconds", _fmt(timings.get("total_s")))
     return table
@@ -82,6 +118,8 @@ def print_edit(result_dict: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(components_table(result_dict))
     console.print(rows_table(result_dict))
+    for line in unchanged_summary(result_dict["rows"]):
+        console.print(line)
     console.print(metrics_table(result_dict["metrics"], result_dict["timings"]))
     note = old_fact_note(result_dict)
     if note:

@@ -31,6 +31,9 @@ class BenchConfig:
     keep_unknown: bool = False  # skip the knows-the-fact filter (tiny test models know nothing)
     max_scan: int | None = None  # stop scanning for known facts after this many records
     controls: str | None = None  # JSONL of control facts (default: the built-in set)
+    # Other facts of the benchmarked file the unedited model states, never edited: F_control on
+    # the dataset itself, beside the built-in set the defaults were chosen with. 0 turns it off.
+    dataset_controls: int = 100
     bootstrap: int = 1000
     generation_tokens: int = 40  # length of the greedy generations whose n-gram entropy is fluency
     audit: bool = False  # audit every edit (latent probes, indirect prompts, relearning): a verdict each

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from ...pipeline import in_dtypes_of
 from ...requests import EditRequest
+from ..facts import Fact, controls_for
 from ..fluency import generation_entropy, generation_prompts
+from ..metrics import retained_share
 from ..multiple_choice import multiple_choice_scores
+from ..runner import EvalConfig, Snapshot, control_snapshot
 from ..scoring import (
     TargetTokenizationError,
     object_logprobs,
@@ -37,3 +41,15 @@ def fact_measures(model, tokenizer, request: EditRequest, choices, generation_to
         "generations": texts,
     }
 
+
+
+def dataset_control_retention(base_model, edited_model, tokenizer, request: EditRequest, facts: list[Fact],
+                              baseline: Snapshot, config: EvalConfig) -> dict:
+    """F_control over the dataset's own control facts (none about the edited subject): the
+    edited model against `baseline`, or against the base model in the edited model's dtypes
+    when an editor upcast what it trained."""
+    after = control_snapshot(edited_model, tokenizer, request, facts, config)
+    matched = in_dtypes_of(base_model, edited_model)
+    before = baseline if matched is None else control_snapshot(matched, tokenizer, request, facts, config)
+    share, stated = retained_share(controls_for(request, facts), before, after)
+    return {"f_control_dataset": share, "dataset_controls_stated": stated}

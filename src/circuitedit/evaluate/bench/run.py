@@ -22,11 +22,11 @@ from ..reference_cache import ReferenceCache
 from ..runner import control_snapshot
 from .audits import audit_result
 from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
-from .measures import fact_measures
+from .measures import dataset_control_retention, fact_measures
 from .plan import label_for, plan, random_components, reference_localizer
 from .provenance import software
 from .results import append_result, read_results
-from .selection import Selection, select_facts
+from .selection import Selection, select_dataset_controls, select_facts
 from .summary import summarize, write_summary
 
 
@@ -113,11 +113,16 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
         raise BenchError(f"{config.data}: none of the {selection.scanned} scanned facts passes the filter "
                          f"({selection.criterion}); scan more or pass --keep-unknown")
 
+    dataset_indices = _dataset_controls(model, tokenizer, requests, selection, config, meta, console)
     base_ppl = perplexity(model, tokenizer)
     write_text_atomic(out / "bench.json", json.dumps({"config": config.to_dict(), "model": loaded.name,
                                                       "selection": selection.to_dict(),
+                                                      "dataset_controls": dataset_indices,
                                                       "base_perplexity": base_ppl}, indent=2) + "\n")
     control_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], controls, config.edit.evaluate)
+    dataset_facts = [Fact(requests[i].text, requests[i].old_object) for i in dataset_indices]
+    dataset_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], dataset_facts,
+                                        config.edit.evaluate)
     # The sampled prefixes are the same for every edit of this model: drawn once, not per edit.
     references = ReferenceCache()
 
@@ -155,6 +160,9 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                                       config.generation_tokens)
                 metrics = dict(result.metrics)
                 metrics.update({k: v for k, v in after.items() if k not in ("generations", "mc_old_first")})
+                if dataset_facts:
+                    metrics.update(dataset_control_retention(model, result.model, tokenizer, request, dataset_facts,
+                                                             dataset_baseline, config.edit.evaluate))
                 metrics["perplexity"] = perplexity(result.model, tokenizer)
                 metrics["trainable_parameters"] = sum(s.trainable_parameters for s in result.outcome.stages)
                 metrics["steps"] = result.outcome.steps
@@ -182,10 +190,25 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                 on_record(record)
             bar.advance(task)
 
-    summary = summarize(config, loaded.name, selection, records, base_ppl)
+    summary = summarize(config, loaded.name, selection, records, base_ppl, len(dataset_indices))
     summary["seconds"] = time.perf_counter() - started
     write_summary(out, summary)
     return summary
+
+
+def _dataset_controls(model, tokenizer, requests, selection: Selection, config: BenchConfig, meta: dict | None,
+                      console) -> list[int]:
+    """The indices of the dataset's control facts: those of the run being resumed, else selected."""
+    if meta and meta.get("dataset_controls") is not None:
+        return meta["dataset_controls"]
+    if not config.dataset_controls:
+        return []
+    with console.status("selecting the dataset's control facts (stated by the model, never edited)"):
+        indices = select_dataset_controls(model, tokenizer, requests, selection.kept, selection.scanned,
+                                          config.dataset_controls)
+    console.print(f"bench: {len(indices)} of the file's other facts the model states measure F_control on the "
+                  f"dataset (asked for {config.dataset_controls})")
+    return indices
 
 
 def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int, config: BenchConfig,
@@ -235,7 +258,9 @@ def resummarize(out: Path | str) -> dict:
     records = read_results(out / "results.jsonl")
     if not records:
         raise BenchError(f"{out / 'results.jsonl'}: no results to summarize")
-    summary = summarize(config, meta.get("model", config.model), selection, records, base_ppl)
+    dataset_controls = meta.get("dataset_controls")
+    summary = summarize(config, meta.get("model", config.model), selection, records, base_ppl,
+                        None if dataset_controls is None else len(dataset_controls))
     summary["seconds"] = previous.get("seconds")
     write_summary(out, summary)
     return summary

@@ -70,3 +70,20 @@ def select_facts(model, tokenizer, requests: Sequence[EditRequest], fmt: str, n:
             selection.scanned = index
     return selection
 
+
+
+def select_dataset_controls(model, tokenizer, requests: Sequence[EditRequest], edited: Sequence[int], start: int,
+                            n: int, batch_size: int = 32) -> list[int]:
+    """Up to `n` record indices from `start` on (never edited: the edited facts all come before
+    it) whose fact the unedited model states (greedy continuation names the object), none about an
+    edited subject: the dataset's own control facts, beside the built-in set."""
+    subjects = {requests[i].subject.casefold() for i in edited}
+    candidates = [i for i in range(start, len(requests)) if requests[i].subject.casefold() not in subjects]
+    kept: list[int] = []
+    for offset in range(0, len(candidates), batch_size):
+        if len(kept) >= n:
+            break
+        chunk = candidates[offset:offset + batch_size]
+        texts = greedy_continuations(model, tokenizer, [requests[i].text for i in chunk], 10)
+        kept += [i for i, t in zip(chunk, texts, strict=True) if contains_object(t, requests[i].old_object)]
+    return kept[:n]

@@ -22,8 +22,13 @@ SUMMARY_METRICS = {
     "paraphrase_accuracy_stated": "unseen paraphrases where the old fact was stated",
     "forget_rate": "forget rate",
     "forget_rate_stated": "forget rate where the old fact was stated",
-    "f_control": "F_control",
-    "neighbourhood_accuracy": "neighbourhood accuracy",
+    "forget_rate_strict": "forget rate, a mention inside the subject counted too",
+    "paraphrase_accuracy_strict": "unseen-paraphrase accuracy, a mention inside the subject counted too",
+    "f_control": "F_control (built-in facts stated)",
+    "f_control_clear": "F_control (built-in facts stated by a clear margin)",
+    "f_control_dataset": "F_control (the dataset's other facts stated)",
+    "neighbourhood_accuracy": "neighbourhood accuracy (stated)",
+    "neighbourhood_accuracy_clear": "neighbourhood accuracy (stated by a clear margin)",
     "question_accuracy": "question form through the chat template (chat models)",
     "efficacy": "CF efficacy P(new)>P(old)",
     "paraphrase_efficacy": "CF paraphrase P(new)>P(old)",
@@ -111,6 +116,8 @@ def summary_markdown(summary: dict) -> str:
         f"- single-edit protocol: each fact edited on a fresh copy of the base model; "
         f"mean [95% bootstrap interval] over facts ({summary['bootstrap']} resamples)",
         f"- base model: neutral-text perplexity {summary['base']['perplexity']:.1f}",
+        f"- F_control counts every control fact the unedited model states; on the dataset, over "
+        f"{summary.get('dataset_controls') or 0} other facts of the file it states (never edited)",
         *summary.get("software", []),
         "",
     ]
@@ -122,6 +129,11 @@ def summary_markdown(summary: dict) -> str:
         if not any(name in methods[m]["metrics"] for m in labels):
             continue
         lines.append(f"| {title} | " + " | ".join(_cell(methods[m]["metrics"].get(name), name) for m in labels) + " |")
+    moved = summary.get("moved_by_reading_the_answer") or {}
+    if moved:
+        lines.append("| facts whose forget / paraphrase figure reading the answer changed | "
+                     + " | ".join(f"{moved.get(m, {}).get('forget', 0)} / {moved.get(m, {}).get('paraphrase', 0)}"
+                                  for m in labels) + " |")
     audits = summary.get("audits") or []
     if audits:
         lines += ["", "Audit verdict per fact (hard / soft / not forgotten; for soft, what still reaches the "
@@ -194,8 +206,23 @@ def audit_verdicts(records: Sequence[dict]) -> list[dict]:
     return [rows[k] for k in sorted(rows, key=int)] if all(k.isdigit() for k in rows) else list(rows.values())
 
 
+def moved_by_reading_the_answer(records: Sequence[dict]) -> dict[str, dict[str, int]]:
+    """Per method, how many facts' forget rate and paraphrase accuracy differ between reading the
+    answer and plain containment (a subject that names the object: Honda Prelude and Honda)."""
+    moved: dict[str, dict[str, int]] = {}
+    for rec in records:
+        if rec.get("error"):
+            continue
+        m = rec["metrics"]
+        entry = moved.setdefault(rec["label"], {"forget": 0, "paraphrase": 0})
+        for name, key in (("forget", "forget_rate"), ("paraphrase", "paraphrase_accuracy")):
+            if f"{key}_strict" in m and m.get(key) != m[f"{key}_strict"]:
+                entry[name] += 1
+    return moved
+
+
 def summarize(config: BenchConfig, model_name: str, selection: Selection, records: Sequence[dict],
-              base_ppl: float) -> dict:
+              base_ppl: float, dataset_controls: int | None = None) -> dict:
     methods = aggregate(records, config.bootstrap, config.seed)
     befores = [r["before"] for r in {r["key"]: r for r in records if not r.get("error")}.values()]
 
@@ -215,6 +242,8 @@ def summarize(config: BenchConfig, model_name: str, selection: Selection, record
         "before": {"mc_old_first": mean("mc_old_first"), "generation_entropy": mean("generation_entropy"),
                    "neighbourhood_specificity": mean("neighbourhood_specificity")},
         "methods": methods,
+        "dataset_controls": dataset_controls,
+        "moved_by_reading_the_answer": moved_by_reading_the_answer(records),
         "audits": audit_verdicts(records),
         "software": software_lines(records),
         "config": config.to_dict(),
