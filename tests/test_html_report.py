@@ -122,18 +122,20 @@ def test_edit_report_is_written_beside_edit_json(edit_out):
     assert f"<td class=\"num\">{value:.3f}</td>" in page
     assert METRIC_LABELS["new_fact_accuracy"] in page and METRIC_DEFINITIONS["new_fact_accuracy"] in page
     assert page.count("data:image/png;base64,") == 1  # the localization heatmap
-    controls = [r for r in data["rows"] if r["kind"] == "control"]
-    same = sum(r["expected_before"] == r["expected_after"] for r in controls)
-    assert f"{same} of {len(controls)} control facts unchanged" in page
+    stated = [r for r in data["rows"] if r["kind"] == "control" and r["expected_before"]]
+    kept = sum(r["expected_after"] for r in stated)
+    if stated:
+        assert f"{kept} of {len(stated)} control facts the model stated still stated" in page
     assert not list(edit_out.parent.glob(".out.tmp-*"))
 
 
-def test_edit_html_escapes_text_and_lists_only_changed_retained_facts():
+def test_edit_html_escapes_text_and_lists_only_the_stated_facts_the_edit_lost():
     page = edit_html(edit_dict())
     assert "<script" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &lt;b&gt;" in page
-    assert "lost fact" in page and "gained fact" in page
-    assert "kept fact" not in page and "unknown fact" not in page
-    assert "2 of 3 control facts unchanged" in page and "0 of 1 neighbourhood facts unchanged" in page
+    assert "lost fact" in page
+    assert "kept fact" not in page and "unknown fact" not in page and "gained fact" not in page
+    assert "1 of 2 control facts the model stated still stated" in page
+    assert "neighbourhood facts" not in page  # none stated before: nothing counted
     assert ">0.875<" in page and ">0.667<" in page and METRIC_DEFINITIONS["f_control"] in page
     assert ">some_new_count<" in page  # a metric without a label still shows, under its key
     assert METRIC_LABELS["forget_rate"] not in page  # None: not measured, not shown

@@ -11,7 +11,7 @@ import tempfile
 from html import escape
 from pathlib import Path
 
-from .report import METRIC_LABELS, old_fact_note
+from .report import METRIC_LABELS, changed_fact_rows, old_fact_note, unchanged_summary
 
 REPORT_FILE = "report.html"
 
@@ -171,25 +171,13 @@ def _row_verdict(row: dict) -> tuple[str, str]:
 
 def _rows_section(edit: dict) -> str:
     rows = edit.get("rows") or []
-    # Retained facts whose correctness did not change would bury the few that did.
-    shown = [r for r in rows if r["kind"] not in RETAINED_KINDS
-             or r.get("expected_before") != r.get("expected_after")]
+    # As in the terminal: the edit's own rows, then only the stated facts the edit lost.
+    shown = [r for r in rows if r["kind"] not in RETAINED_KINDS] + changed_fact_rows(rows)
     body = [[cell(r["kind"]), cell(r["prompt"]), cell(r.get("expected", "")), cell(r.get("before", "").strip()),
              cell(r.get("after", "").strip()), cell(*_row_verdict(r))] for r in shown]
     return ("<h2>Before / after (greedy continuations)</h2>"
             + table(["probe", "prompt", "expected", "before", "after", "verdict"], body)
-            + "".join(para(line) for line in retained_summary(rows)))
-
-
-def retained_summary(rows: list[dict]) -> list[str]:
-    """'58 of 62 control facts unchanged' per retained kind present."""
-    lines = []
-    for kind in RETAINED_KINDS:
-        group = [r for r in rows if r["kind"] == kind]
-        if group:
-            same = sum(r.get("expected_before") == r.get("expected_after") for r in group)
-            lines.append(f"{same} of {len(group)} {kind} facts unchanged (only the changed ones are listed above).")
-    return lines
+            + "".join(para(line) for line in unchanged_summary(rows)))
 
 
 def _metrics_section(metrics: dict) -> str:
