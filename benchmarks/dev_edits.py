@@ -23,12 +23,12 @@ from pathlib import Path
 from statistics import mean
 
 from circuitedit import EditConfig, edit, load_model
-from circuitedit.evaluate.bench.measures import neighbourhood_specificity
-from circuitedit.evaluate.bench.selection import knows
-from circuitedit.evaluate.datasets import load_requests
-from circuitedit.evaluate.facts import demo_requests
-from circuitedit.evaluate.scoring import TargetTokenizationError
-from circuitedit.pipeline import check_request
+from circuitedit.core.tokens import TargetTokenizationError
+from circuitedit.data.datasets import load_requests
+from circuitedit.data.facts import demo_requests
+from circuitedit.workflows.bench.measures import neighbourhood_specificity
+from circuitedit.workflows.bench.selection import knows
+from circuitedit.workflows.pipeline import check_request
 
 COLUMNS = ("paraphrase_accuracy", "forget_rate", "f_control", "neighbourhood_accuracy",
            "neighbourhood_specificity", "steps", "seconds")

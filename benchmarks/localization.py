@@ -30,18 +30,16 @@ from pathlib import Path
 from scipy.stats import spearmanr
 
 from circuitedit import edit, load_model
-from circuitedit.evaluate.facts import control_facts
-from circuitedit.evaluate.runner import Probe, take_snapshot
-from circuitedit.evaluate.scoring import (
-    TargetTokenizationError,
-    contains_object,
-    greedy_continuations,
-)
+from circuitedit.core.generate import greedy_continuations
+from circuitedit.core.matching import contains_object
+from circuitedit.core.tokens import TargetTokenizationError
+from circuitedit.data.facts import control_facts
+from circuitedit.data.requests import EditRequest, InvalidRequestError
+from circuitedit.evaluate.snapshots import Probe, take_snapshot
 from circuitedit.localize import LocalizationError, LocalizeConfig, localize
-from circuitedit.localize.patching import subject_token_positions
+from circuitedit.localize.corruption import subject_token_positions
 from circuitedit.models.arch import get_adapter
-from circuitedit.pipeline import EditConfig, check_request
-from circuitedit.requests import EditRequest, InvalidRequestError
+from circuitedit.workflows.pipeline import EditConfig, check_request
 
 REFERENCE = "activation"
 DEFAULT_METHODS = ("attribution", "gradient", "causal-tracing", "fact-lookup", "random", "all-layers")

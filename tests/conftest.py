@@ -44,7 +44,7 @@ def _reference_cache_in_a_temporary_folder(tmp_path_factory):
     """The CLI keeps the unedited model's reference answers in the user's cache; tests keep
     theirs (one entry per random tiny model) out of it. Session scope, so that module-scoped
     fixtures that run the CLI are covered too."""
-    from circuitedit.evaluate.reference_cache import ReferenceCache
+    from circuitedit.core.reference_cache import ReferenceCache
 
     root = tmp_path_factory.mktemp("references")
     with pytest.MonkeyPatch.context() as patch:

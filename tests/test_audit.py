@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from circuitedit.audit import AuditConfig, audit_edit, stage_models, write_audit
 from circuitedit.audit.access import indirect_prompts
 from circuitedit.audit.choices import NO_DISTRACTORS, pick_distractors
 from circuitedit.audit.data import same_relation_facts, template_subject
@@ -31,11 +30,13 @@ from circuitedit.audit.relearn import (
     other_fact_examples,
     subject_examples,
 )
+from circuitedit.audit.run import AuditConfig, audit_edit, stage_models
 from circuitedit.audit.status import MEASURED, SKIPPED
 from circuitedit.audit.verdict import HARD, NOT, SOFT, verdict
-from circuitedit.evaluate.facts import demo_requests
-from circuitedit.evaluate.scoring import encode_text
-from circuitedit.requests import EditRequest
+from circuitedit.core.tokens import encode_text
+from circuitedit.data.facts import demo_requests
+from circuitedit.data.requests import EditRequest
+from circuitedit.workflows.audit_files import write_audit
 from tiny import tiny_model
 
 FAST = AuditConfig(probe_steps=20, relearn_steps=2, require_known=False, use_subject_pool=False,
@@ -263,7 +264,7 @@ def test_verdict_names_the_parts_it_did_not_measure():
 
 
 def test_stage_models_rebuild_an_edit_result(gemma):
-    from circuitedit.pipeline import EditConfig, edit
+    from circuitedit.workflows.pipeline import EditConfig, edit
 
     model, tokenizer = gemma
     config = EditConfig()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from circuitedit.data.requests import EditRequest
 from circuitedit.edit import EDITORS, StageConfig
 from circuitedit.models.arch import get_adapter
 from circuitedit.models.components import HEAD, MLP, Component
-from circuitedit.pipeline import EditConfig, edit
-from circuitedit.requests import EditRequest
+from circuitedit.workflows.pipeline import EditConfig, edit
 from tiny import tiny_model
 
 REQUEST = EditRequest(subject="Foo Bar", prompt="Foo Bar is located in the city of", old_object="Paris",

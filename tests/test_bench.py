@@ -10,10 +10,10 @@ import torch
 
 from circuitedit.audit.markdown import audit_markdown
 from circuitedit.cli import main
-from circuitedit.evaluate.bench import BenchConfig, read_results, run_bench
-from circuitedit.evaluate.facts import control_facts
-from circuitedit.evaluate.scoring import greedy_continuations
-from circuitedit.pipeline import EditConfig
+from circuitedit.core.generate import greedy_continuations
+from circuitedit.data.facts import control_facts
+from circuitedit.workflows.bench import BenchConfig, read_results, run_bench
+from circuitedit.workflows.pipeline import EditConfig
 from tiny import tiny_model
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench_facts.jsonl"
@@ -92,7 +92,7 @@ def test_bench_two_facts_two_methods(tiny_dir, tmp_path, capsys):
 
 
 def test_summary_flags_results_of_mixed_software():
-    from circuitedit.evaluate.bench.provenance import software_lines
+    from circuitedit.workflows.bench.provenance import software_lines
 
     old = {"circuitedit": "0.1.0", "torch": "2.13.0", "git": "aaaa"}
     new = {**old, "git": "bbbb"}
@@ -193,10 +193,10 @@ def test_an_output_path_that_is_a_file_is_a_user_error(tmp_path, capsys):
 
 
 def test_fluency_and_multiple_choice_helpers():
-    from circuitedit.evaluate.bench import bootstrap_interval
-    from circuitedit.evaluate.datasets import load_requests
+    from circuitedit.data.datasets import load_requests
     from circuitedit.evaluate.fluency import neutral_text, ngram_entropy
     from circuitedit.evaluate.multiple_choice import choice_set, distractors_for
+    from circuitedit.workflows.bench import bootstrap_interval
 
     assert ngram_entropy("the the the the the the") < ngram_entropy(neutral_text()[:300])
     assert len(neutral_text().split()) > 200
@@ -212,8 +212,8 @@ def test_fluency_and_multiple_choice_helpers():
 
 
 def test_fact_selection_counts_what_it_scanned(tmp_path):
-    from circuitedit.evaluate.bench import knows, select_facts
-    from circuitedit.evaluate.datasets import load_requests
+    from circuitedit.data.datasets import load_requests
+    from circuitedit.workflows.bench import knows, select_facts
 
     model, tokenizer = tiny_model("gemma3_text")
     sports = tmp_path / "sports.csv"
@@ -236,9 +236,9 @@ def test_random_control_draws_as_many_components_as_the_real_localizer(order):
     `random` localizer's top_k."""
     import copy
 
-    from circuitedit.evaluate.bench import random_components
-    from circuitedit.evaluate.bench.run import _components
-    from circuitedit.evaluate.datasets import load_requests
+    from circuitedit.data.datasets import load_requests
+    from circuitedit.workflows.bench import random_components
+    from circuitedit.workflows.bench.run import _components
 
     model, tokenizer = tiny_model("gemma3_text")
     request = load_requests(FIXTURE, "jsonl")[0]
@@ -256,7 +256,7 @@ def test_random_control_draws_as_many_components_as_the_real_localizer(order):
 
 def test_unknown_localizer_is_a_user_error_listing_each_localizer_once(tmp_path):
     """Guards the localizer check: `random` is a registered localizer, named once among the choices."""
-    from circuitedit.evaluate.bench import BenchError
+    from circuitedit.workflows.bench import BenchError
 
     with pytest.raises(BenchError, match="unknown localizer 'nope'") as caught:
         run_bench(BenchConfig(data=str(FIXTURE), fmt="jsonl", localizers=["random", "nope"], out=str(tmp_path)))
@@ -268,11 +268,11 @@ def test_dataset_controls_are_stated_never_edited_and_kept_by_an_identity_edit()
     only those the unedited model states; the unedited model keeps all of them."""
     import copy
 
-    from circuitedit.evaluate.bench.measures import dataset_control_retention
-    from circuitedit.evaluate.bench.selection import select_dataset_controls
-    from circuitedit.evaluate.facts import Fact
-    from circuitedit.evaluate.runner import EvalConfig, control_snapshot
-    from circuitedit.requests import EditRequest
+    from circuitedit.data.facts import Fact
+    from circuitedit.data.requests import EditRequest
+    from circuitedit.evaluate.snapshots import EvalConfig, control_snapshot
+    from circuitedit.workflows.bench.measures import dataset_control_retention
+    from circuitedit.workflows.bench.selection import select_dataset_controls
 
     model, tokenizer = tiny_model("gemma3_text")
     subjects = ["France", "Italy", "Germany", "Paris", "Rome", "Berlin", "France", "Italy", "London"]

@@ -242,9 +242,10 @@ def test_a_truncated_weights_file_is_one_line(saved_tiny, tmp_path, capsys):
 def test_a_corrupt_model_cache_names_the_cache_to_delete(saved_tiny, tmp_path, monkeypatch):
     import shutil
 
+    from circuitedit.core import paths
     from circuitedit.models import loading
 
-    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path))
     cached = tmp_path / "models" / f"gemma3-270m-{loading._CACHE_VERSION}"
     shutil.copytree(saved_tiny, cached)
     (cached / "model.safetensors").write_bytes(b"not a safetensors file")

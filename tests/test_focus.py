@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitedit.edit.training import StageConfig, target_loss
-from circuitedit.evaluate.head_reductions import HeadReductions
+from circuitedit.core.head import HeadReductions
+from circuitedit.edit.training.loop import StageConfig, target_loss
 
 
 def head_of(logits: torch.Tensor, targets: torch.Tensor) -> HeadReductions:

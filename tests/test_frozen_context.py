@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitedit.edit.frozen_context import build_frozen_context_batch
-from circuitedit.evaluate.scoring import build_batch, hidden_states
+from circuitedit.core.forward import hidden_states
+from circuitedit.core.tokens import build_batch
+from circuitedit.edit.training.frozen_context import build_frozen_context_batch
 from tiny import FAMILIES, tiny_model
 
 PROMPT = "The Eiffel Tower is located in the city of"

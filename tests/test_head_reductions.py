@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitedit.evaluate import head_reductions as reductions_module
-from circuitedit.evaluate.head_reductions import head_reductions
-from circuitedit.evaluate.scoring import logits_from_hidden
+from circuitedit.core import head as reductions_module
+from circuitedit.core.forward import logits_from_hidden
+from circuitedit.core.head import head_reductions
 from tiny import FAMILIES, tiny_model
 
 
@@ -75,7 +75,7 @@ def test_ties_go_to_the_lowest_token_id_as_argmax(monkeypatch):
 
 
 def test_shortlisted_reductions_with_the_tail_equal_the_full_ones():
-    from circuitedit.edit.shortlisted_head import ShortlistedHead
+    from circuitedit.edit.training.shortlisted_head import ShortlistedHead
 
     model, _ = tiny_model("gemma3_text")
     model = model.float()

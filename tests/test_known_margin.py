@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from circuitedit.evaluate.facts import control_facts, subject_pool
+from circuitedit.data.facts import control_facts, subject_pool
+from circuitedit.data.requests import EditRequest
 from circuitedit.evaluate.metrics import edit_metrics, probe_rows
-from circuitedit.evaluate.runner import Probe, Snapshot
-from circuitedit.requests import EditRequest
+from circuitedit.evaluate.snapshots import Probe, Snapshot
 
 REQUEST = EditRequest(subject="Eiffel Tower", prompt="The {} is located in the city of",
                       old_object="Paris", new_object="Rome")
@@ -103,7 +103,7 @@ def test_stated_paraphrase_metrics_count_only_phrasings_that_gave_the_old_fact()
 
 
 def test_old_fact_stated_before_and_the_note_when_the_model_never_said_it():
-    from circuitedit.report import old_fact_note
+    from circuitedit.render.tables import old_fact_note
 
     probes = [Probe("edit", REQUEST.text, "Rome"), Probe("test_paraphrase", "Tourists visit the Eiffel Tower in", "Rome")]
     said = Snapshot(continuations={("edit", REQUEST.text): " Paris, France",

@@ -11,10 +11,11 @@ from circuitedit import EditRequest
 from circuitedit.localize import LocalizationError, LocalizationResult, LocalizeConfig, localize
 from circuitedit.localize.attribution import attribution_scores
 from circuitedit.localize.base import ComponentScore
-from circuitedit.localize.patching import site_hooks, subject_token_positions
-from circuitedit.localize.prompts import localization_setups
+from circuitedit.localize.corruption import subject_token_positions
+from circuitedit.localize.setup import localization_setups
 from circuitedit.models import HEAD, MLP, Component, get_adapter
 from circuitedit.models.components import all_components
+from circuitedit.models.hooks import site_hooks
 from tiny import FAMILIES, tiny_model
 
 MIN_SPEARMAN = 0.8
@@ -30,7 +31,7 @@ NOISE_REQUEST = dict(subject="Foo Bar Baz Qux Foo Bar Baz", prompt="{} is locate
 
 @pytest.fixture
 def pinned_pool(monkeypatch):
-    import circuitedit.localize.prompts as prompts
+    import circuitedit.localize.setup as prompts
 
     monkeypatch.setattr(prompts, "subject_pool", lambda: list(POOL))
 

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from circuitedit.cli import main
-from circuitedit.evaluate.facts import demo_requests
-from circuitedit.evaluate.scoring import hidden_states, prompt_and_target_ids
+from circuitedit.core.forward import hidden_states
+from circuitedit.core.tokens import prompt_and_target_ids
+from circuitedit.data.facts import demo_requests
 from circuitedit.localize import LOCALIZERS, LocalizationResult, LocalizeConfig, localize
 from circuitedit.localize.base import ComponentScore
 from circuitedit.localize.fact_lookup import lookup_layers
 from circuitedit.models.arch import get_adapter
 from circuitedit.models.components import HEAD, MLP, Component
-from circuitedit.plots import localization_heatmap
+from circuitedit.render.plots import localization_heatmap
 from tiny import FAMILIES, tiny_model
 
 REQUEST = demo_requests()[0]  # The Eiffel Tower is located in the city of -> Paris
@@ -292,8 +293,8 @@ def test_cli_localize_writes_json_and_heatmap(tiny_dir, tmp_path, capsys):
 def test_cli_localize_selects_what_an_edit_trains(tiny_dir, tmp_path, capsys, extra):
     """Same policy, same corrupting subject, same components: `localize` then `edit` agree."""
     from circuitedit import edit, load_model
-    from circuitedit.pipeline import EditConfig
-    from circuitedit.requests import EditRequest
+    from circuitedit.data.requests import EditRequest
+    from circuitedit.workflows.pipeline import EditConfig
 
     argv = ["localize", *ARGS, "--model", str(tiny_dir), "--device", "cpu", "--dtype", "fp32", "--no-reference-cache",
             "--json", *extra]

@@ -11,12 +11,12 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import load_file
 
 from circuitedit import EditConfig, EditRequest, edit
+from circuitedit.core.tokens import prompt_and_target_ids
 from circuitedit.edit import EditorConfig, StageConfig, TrainingContext, get_editor
 from circuitedit.edit.base import freeze
 from circuitedit.edit.ia3 import merge_fp32
-from circuitedit.evaluate.scoring import prompt_and_target_ids
 from circuitedit.models import HEAD, MLP, Component, get_adapter
-from circuitedit.report import write_edit_outputs
+from circuitedit.workflows.outputs import write_edit_outputs
 from tiny import FAMILIES, tiny_model
 
 FAMILY, SEED = "gemma3_text", 0
@@ -126,7 +126,7 @@ def test_outputs_are_peft_adapters_that_reproduce_the_edit(edited, outputs):
 def test_load_edited_rebuilds_the_edited_model(edited, outputs, tmp_path, source):
     import shutil
 
-    from circuitedit.saved_edit import load_edited
+    from circuitedit.workflows.edit_dir import load_edited
 
     *_, result = edited
     directory = tmp_path / "edit"
@@ -213,7 +213,7 @@ def test_editor_changes_only_selected_components(family):
 
 def test_neighbourhood_subjects_are_never_kl_neighbours():
     """A neighbourhood probe measures collateral damage; pinning its subject in training would hide it."""
-    from circuitedit.edit.prompts import same_template_prompts
+    from circuitedit.edit.training.prompts import same_template_prompts
 
     model, tokenizer = tiny_model(FAMILY, seed=SEED)
     request = EditRequest(**REQUEST)
@@ -229,7 +229,7 @@ def test_neighbourhood_subjects_are_never_kl_neighbours():
 
 
 def test_sibling_subjects_share_the_first_or_last_word():
-    from circuitedit.edit.prompts import sibling_subjects
+    from circuitedit.edit.training.prompts import sibling_subjects
 
     pool = ["the Louvre", "Big Ben", "Babe Ruth", "Tower of London"]
     siblings = sibling_subjects("Ferrari Mondial", pool)
@@ -241,7 +241,7 @@ def test_sibling_subjects_share_the_first_or_last_word():
 
 @torch.no_grad()  # values only
 def test_leak_term_counts_only_rises_of_the_watched_tokens():
-    from circuitedit.edit.retain import LEAK_TOLERANCE, RetainSet
+    from circuitedit.edit.training.retain import LEAK_TOLERANCE, RetainSet
 
     model, tokenizer = tiny_model(FAMILY, seed=SEED)
     retain = RetainSet.from_model(model, tokenizer, ["The Louvre is in", "Bees make", "Water is"])
@@ -265,7 +265,7 @@ def test_leak_term_counts_only_rises_of_the_watched_tokens():
 def test_retain_terms_have_zero_gradient_on_the_reference_model():
     """Why train_stage may skip the retain forward at step 0 when it starts at the reference."""
     from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-    from circuitedit.edit.retain import RetainSet
+    from circuitedit.edit.training.retain import RetainSet
 
     model, tokenizer = tiny_model(FAMILY, seed=SEED)
     model = model.float()
@@ -281,8 +281,8 @@ def test_retain_terms_have_zero_gradient_on_the_reference_model():
 
 def test_a_control_baseline_taken_once_measures_what_each_edit_would():
     """Many edits of one model (CLI --requests, bench) take the control snapshot once."""
-    from circuitedit.evaluate.facts import control_facts
-    from circuitedit.evaluate.runner import control_snapshot
+    from circuitedit.data.facts import control_facts
+    from circuitedit.evaluate.snapshots import control_snapshot
 
     model, tokenizer = tiny_model(FAMILY, SEED)
     model = model.float()
@@ -301,8 +301,8 @@ def test_a_control_baseline_taken_once_measures_what_each_edit_would():
 
 def _stated_facts(model, tokenizer, prompts: list[str]):
     """Facts whose answer is the tiny model's own first continuation word: facts it states."""
-    from circuitedit.evaluate.facts import Fact
-    from circuitedit.evaluate.scoring import greedy_continuations
+    from circuitedit.core.generate import greedy_continuations
+    from circuitedit.data.facts import Fact
 
     texts = greedy_continuations(model, tokenizer, prompts, max_new_tokens=3)
     return [Fact(p, t.split()[0]) for p, t in zip(prompts, texts, strict=True) if t.split()]
@@ -321,8 +321,8 @@ def test_an_edit_that_changes_nothing_keeps_every_stated_fact(monkeypatch, metho
     """The identity edit keeps every stated control and neighbour fact, near-ties included: the
     before and after snapshots run the same batches in the same dtypes (an editor that upcasts to
     fp32 is compared with the base model re-measured in fp32)."""
+    from circuitedit.data.facts import control_facts
     from circuitedit.edit.base import EDITORS
-    from circuitedit.evaluate.facts import control_facts
 
     _upcast.uses_localization = False
     monkeypatch.setitem(EDITORS, "upcast", _upcast)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitedit.evaluate.prompt_scan import PromptScan
-from circuitedit.evaluate.scoring import common_prefix_length, iter_last_token_hidden
+from circuitedit.core.forward import iter_last_token_hidden
+from circuitedit.core.prompt_scan import PromptScan
+from circuitedit.core.tokens import common_prefix_length
 from tiny import FAMILIES, tiny_model
 
 TEMPLATE = "The {} is located in the city of"
@@ -53,7 +54,7 @@ def test_scan_matches_the_full_logits_and_runs_each_prompt_once(family, monkeypa
         assert float(stats.lse[row]) == pytest.approx(float(logits.logsumexp(-1)), abs=1e-4)
 
     scored = []
-    import circuitedit.evaluate.prompt_scan as module
+    import circuitedit.core.prompt_scan as module
 
     original = module.iter_last_token_hidden
 
@@ -69,8 +70,8 @@ def test_scan_matches_the_full_logits_and_runs_each_prompt_once(family, monkeypa
 
 
 def test_localizer_and_hard_negatives_share_one_scan(eiffel, monkeypatch):
-    from circuitedit.edit.prompts import same_template_prompts
-    from circuitedit.localize.patching import prepare_setup
+    from circuitedit.edit.training.prompts import same_template_prompts
+    from circuitedit.localize.corruption import prepare_setup
 
     model, tokenizer = tiny_model("llama")
     pool = ["Colosseum", "Louvre museum", "Big Ben", "Kremlin", "Alhambra", "Acropolis", "Parthenon"]
@@ -88,8 +89,8 @@ def test_localizer_and_hard_negatives_share_one_scan(eiffel, monkeypatch):
 
 
 def test_preloaded_stats_do_not_depend_on_what_is_asked_first_and_are_read_back_exactly(tmp_path, monkeypatch):
-    from circuitedit.evaluate import prompt_scan as module
-    from circuitedit.evaluate.reference_cache import ReferenceCache
+    from circuitedit.core import prompt_scan as module
+    from circuitedit.core.reference_cache import ReferenceCache
 
     model, tokenizer = tiny_model("gemma3_text")
     model = model.float()

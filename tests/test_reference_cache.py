@@ -11,11 +11,11 @@ import torch
 
 from circuitedit import EditRequest, edit
 from circuitedit.cli import main
-from circuitedit.edit.prompts import template_scan_prompts
-from circuitedit.evaluate import runner
-from circuitedit.evaluate.facts import control_facts, subject_pool
-from circuitedit.evaluate.reference_cache import ReferenceCache, model_fingerprint
-from circuitedit.evaluate.runner import Snapshot, cached_control_snapshot, control_snapshot
+from circuitedit.core.reference_cache import ReferenceCache, model_fingerprint
+from circuitedit.data.facts import control_facts, subject_pool
+from circuitedit.edit.training.prompts import template_scan_prompts
+from circuitedit.evaluate import snapshots as runner
+from circuitedit.evaluate.snapshots import Snapshot, cached_control_snapshot, control_snapshot
 from test_pipeline_tiny import REQUEST, small_config
 from tiny import tiny_model
 
@@ -92,9 +92,9 @@ def test_edits_that_read_the_cache_measure_what_a_fresh_snapshot_would(tmp_path,
         raise AssertionError("recomputed a stored reference")
 
     monkeypatch.setattr(runner, "control_snapshot", never)
-    monkeypatch.setattr(importlib.import_module("circuitedit.edit.prompts"), "generated_prefixes", never)
+    monkeypatch.setattr(importlib.import_module("circuitedit.edit.training.prompts"), "generated_prefixes", never)
     scanned = []
-    scan_module = importlib.import_module("circuitedit.evaluate.prompt_scan")
+    scan_module = importlib.import_module("circuitedit.core.prompt_scan")
     real_scan = scan_module.iter_last_token_hidden
 
     def recording_scan(model, tokenizer, prompts, *args, **kwargs):

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from circuitedit import EditRequest, InvalidRequestError, edit
-from circuitedit.evaluate.datasets import DatasetError, load_requests
-from circuitedit.evaluate.scoring import TargetTokenizationError
-from circuitedit.pipeline import check_request
+from circuitedit.core.tokens import TargetTokenizationError
+from circuitedit.data.datasets import DatasetError, load_requests
+from circuitedit.workflows.pipeline import check_request
 from tiny import tiny_model
 
 FIXTURES = Path(__file__).parent / "fixtures"

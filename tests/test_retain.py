@@ -11,8 +11,8 @@ import torch
 
 from circuitedit.edit.base import freeze
 from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-from circuitedit.edit.retain import RetainSet, length_buckets
-from circuitedit.edit.training import RetainTerm, StageConfig
+from circuitedit.edit.training.loop import RetainTerm, StageConfig
+from circuitedit.edit.training.retain import RetainSet, length_buckets
 from circuitedit.models import HEAD, MLP, Component, get_adapter
 from tiny import FAMILIES, tiny_model
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitedit.evaluate.scoring import (
+from circuitedit.core.forward import last_token_logits, object_logprobs
+from circuitedit.core.generate import greedy_continuations
+from circuitedit.core.matching import contains_object
+from circuitedit.core.tokens import (
     TargetTokenizationError,
     build_batch,
-    contains_object,
-    greedy_continuations,
     join_target,
-    last_token_logits,
-    object_logprobs,
     prompt_and_target_ids,
 )
 from tiny import FAMILIES, tiny_model
@@ -156,7 +155,7 @@ def test_contains_object_word_boundaries(text, obj, expected):
     ],
 )
 def test_names_object_settled_only_when_no_continuation_can_undo_it(text, obj, expected):
-    from circuitedit.evaluate.scoring import names_object_settled
+    from circuitedit.core.matching import names_object_settled
 
     assert names_object_settled(text, obj) is expected
     if expected:
@@ -167,7 +166,8 @@ def test_names_object_settled_only_when_no_continuation_can_undo_it(text, obj, e
 def test_greedy_stop_at_ends_a_row_early_and_leaves_the_others(family):
     """A row stopped at its object keeps a prefix of its full continuation that still names the
     object; the rows that go on (after the batch shrinks) continue exactly as before."""
-    from circuitedit.evaluate.scoring import greedy_generate, names_object_settled
+    from circuitedit.core.generate import greedy_generate
+    from circuitedit.core.matching import names_object_settled
 
     model, tokenizer = tiny_model(family)
     prompts = [PROMPT, "Michael Jordan plays", "The capital of France is"]
@@ -185,7 +185,7 @@ def test_greedy_stop_at_ends_a_row_early_and_leaves_the_others(family):
 def test_greedy_continuations_end_at_markup_tokens_and_never_show_them(monkeypatch):
     """Gemma-3's vocabulary holds "<start_of_image>" as an ordinary entry: a continuation ends
     there like at EOS, and neither token is printed."""
-    from circuitedit.evaluate import scoring
+    from circuitedit.core import generate as scoring
 
     model, tokenizer = tiny_model("llama")
     tokenizer.add_tokens(["<start_of_image>"])  # not special: an ordinary vocabulary entry
@@ -205,6 +205,6 @@ def test_greedy_continuations_end_at_markup_tokens_and_never_show_them(monkeypat
                                                ("<|im_end|>", True), ("<unused7>", True), ("[multimodal]", True),
                                                ("<b>", False), ("▁Paris", False), ("Rome", False)])
 def test_markup_tokens_are_told_from_text(piece, control):
-    from circuitedit.evaluate.scoring import CONTROL_TOKEN
+    from circuitedit.core.generate import CONTROL_TOKEN
 
     assert (CONTROL_TOKEN.fullmatch(piece) is not None) is control

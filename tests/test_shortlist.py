@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 
+from circuitedit.core.forward import hidden_states
+from circuitedit.core.head import head_reductions
+from circuitedit.core.tokens import build_batch
 from circuitedit.edit.base import freeze
 from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-from circuitedit.edit.training import StageConfig, train_stage
-from circuitedit.evaluate.head_reductions import head_reductions
-from circuitedit.evaluate.scoring import build_batch, hidden_states
+from circuitedit.edit.training.loop import StageConfig, train_stage
 from circuitedit.models import MLP, Component, get_adapter
 from tiny import tiny_model
 

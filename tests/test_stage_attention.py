@@ -9,7 +9,7 @@ import torch
 
 from circuitedit.edit.base import freeze
 from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-from circuitedit.edit.training import StageConfig, train_stage
+from circuitedit.edit.training.loop import StageConfig, train_stage
 from circuitedit.models import MLP, Component
 from circuitedit.models.arch import get_adapter
 from tiny import FAMILIES, tiny_model

@@ -1,8 +1,8 @@
 """circuitedit: localize, unlearn and rewrite single facts inside causal language models."""
 
+from .data.requests import EditRequest, InvalidRequestError
 from .models import Component, load_model
-from .pipeline import EditConfig, EditResult, edit
-from .requests import EditRequest, InvalidRequestError
+from .workflows.pipeline import EditConfig, EditResult, edit
 
 __version__ = "0.1.0"
 

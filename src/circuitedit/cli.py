@@ -90,7 +90,7 @@ def read_config_file(path: Path) -> dict:
 
 def config_with_selection_flags(args):
     """A saved EditConfig (`--config`) or the defaults, with the localization flags on top."""
-    from .pipeline import EditConfig
+    from .workflows.pipeline import EditConfig
 
     config = EditConfig.from_dict(read_config_file(args.config)) if args.config else EditConfig()
     overrides = {"method": args.localizer, "top_k": args.top_k, "kinds": args.kinds, "positions": args.positions,
@@ -114,8 +114,8 @@ def build_config(args):
 
 
 def requests_from_args(args):
-    from .evaluate.datasets import load_requests
-    from .requests import EditRequest
+    from .data.datasets import load_requests
+    from .data.requests import EditRequest
 
     if args.requests:
         requests = load_requests(args.requests, args.format)
@@ -131,18 +131,14 @@ def requests_from_args(args):
 
 
 def run_edits(args, requests, console: Console) -> int:
-    from .evaluate.facts import control_facts
-    from .evaluate.reference_cache import ReferenceCache
-    from .evaluate.runner import control_snapshot
+    from .core.files import check_output_target
+    from .core.reference_cache import ReferenceCache
+    from .data.facts import control_facts
+    from .evaluate.snapshots import control_snapshot
     from .models import load_model
-    from .pipeline import edit
-    from .report import (
-        EDIT_FILE,
-        check_output_target,
-        old_fact_note,
-        print_edit,
-        write_edit_outputs,
-    )
+    from .render.tables import old_fact_note, print_edit
+    from .workflows.outputs import EDIT_FILE, write_edit_outputs
+    from .workflows.pipeline import edit
 
     config = build_config(args)
     targets = [None] * len(requests)
@@ -190,7 +186,7 @@ def cmd_edit(args, console: Console) -> int:
 
 
 def cmd_demo(args, console: Console) -> int:
-    from .evaluate.facts import demo_requests
+    from .data.facts import demo_requests
 
     requests = demo_requests()[: 1 if not args.all else None]
     if not args.json:
@@ -199,9 +195,10 @@ def cmd_demo(args, console: Console) -> int:
 
 
 def cmd_ask(args, console: Console) -> int:
-    from .evaluate.scoring import CHAT, greedy_continuations, render_prompt, uses_chat_template
+    from .core.generate import greedy_continuations
+    from .core.tokens import CHAT, render_prompt, uses_chat_template
     from .models import load_model
-    from .saved_edit import load_edited
+    from .workflows.edit_dir import load_edited
 
     if args.edit:
         model, tokenizer, _ = load_edited(args.edit, args.model, dtype=args.dtype, device=args.device)
@@ -237,15 +234,17 @@ def cmd_localize(args, console: Console) -> int:
 
     from rich.table import Table
 
-    from .evaluate.reference_cache import ReferenceCache
-    from .evaluate.scoring import contains_object, greedy_continuations
+    from .core.files import atomic_directory, check_output_target, write_json
+    from .core.generate import greedy_continuations
+    from .core.matching import contains_object
+    from .core.reference_cache import ReferenceCache
+    from .data.requests import EditRequest
     from .localize import get_localizer, localize
     from .models import load_model
     from .models.arch import get_adapter
-    from .pipeline import preloads_template_scan, template_scan
-    from .plots import causal_trace_figure, localization_heatmap
-    from .report import LOCALIZATION_FILE, atomic_directory, check_output_target, write_json
-    from .requests import EditRequest
+    from .render.plots import causal_trace_figure, localization_heatmap
+    from .workflows.outputs import LOCALIZATION_FILE
+    from .workflows.pipeline import preloads_template_scan, template_scan
 
     missing = [flag for flag, value in (("--subject", args.subject), ("--prompt", args.prompt),
                                          ("--old", args.old)) if not value]
@@ -319,7 +318,7 @@ def cmd_localize(args, console: Console) -> int:
 def cmd_bench(args, console: Console) -> int:
     from argparse import Namespace
 
-    from .evaluate.bench import BenchConfig, resummarize, run_bench
+    from .workflows.bench import BenchConfig, resummarize, run_bench
 
     if args.summarize:
         summary = resummarize(args.out)
@@ -355,8 +354,9 @@ def cmd_bench(args, console: Console) -> int:
 def cmd_audit(args, console: Console) -> int:
     import time
 
-    from .audit import AuditConfig, audit_edit, load_edit, write_audit
-    from .report import check_output_directory
+    from .audit.run import AuditConfig, audit_edit
+    from .core.files import check_output_directory
+    from .workflows.audit_files import load_edit, write_audit
 
     out = args.out or args.edit
     check_output_directory(out)  # before the models load and the audit runs

@@ -12,15 +12,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..evaluate.facts import _data_text
-from ..evaluate.scoring import (
-    CHAT,
-    contains_object,
-    greedy_continuations,
-    render_prompt,
-    uses_chat_template,
-)
-from ..requests import EditRequest
+from ..core.generate import greedy_continuations
+from ..core.matching import contains_object
+from ..core.tokens import CHAT, render_prompt, uses_chat_template
+from ..data.facts import _data_text
+from ..data.requests import EditRequest
 from .choices import summary
 from .latent import ProbeFact
 from .status import MEASURED

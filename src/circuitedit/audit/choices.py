@@ -11,8 +11,8 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from ..data.requests import EditRequest
 from ..evaluate.multiple_choice import choice_set, multiple_choice_scores
-from ..requests import EditRequest
 from .status import measured, skipped
 
 NO_DISTRACTORS = ("no distractor objects: the relation has no other facts, the request no neighbourhood "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..evaluate.facts import Fact, control_facts, subject_pool
-from ..evaluate.scoring import contains_object, greedy_continuations
-from ..requests import EditRequest
+from ..core.generate import greedy_continuations
+from ..core.matching import contains_object
+from ..data.facts import Fact, control_facts, subject_pool
+from ..data.requests import EditRequest
 from .latent import ProbeFact
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..evaluate.scoring import contains_object, greedy_continuations
-from ..requests import EditRequest
+from ..core.generate import greedy_continuations
+from ..core.matching import contains_object
+from ..data.requests import EditRequest
 from .access import cloze_question, question_prompt
 from .choices import summary
 from .status import MEASURED

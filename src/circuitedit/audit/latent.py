@@ -24,14 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..evaluate.scoring import (
-    body,
-    encode_text,
-    input_device,
-    logits_from_hidden,
-    padding_id,
-    prompt_and_target_ids,
-)
+from ..core.forward import body, input_device, logits_from_hidden
+from ..core.tokens import encode_text, padding_id, prompt_and_target_ids
 from .status import MEASURED, measured, skipped
 
 SUBJECT = "subject_last"

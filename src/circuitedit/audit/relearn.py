@@ -18,17 +18,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..evaluate.scoring import (
-    TargetTokenizationError,
-    build_batch,
-    contains_object,
-    greedy_continuations,
-    input_device,
-    object_logprobs,
-    prompt_and_target_ids,
-    selected_logits,
-)
-from ..requests import EditRequest
+from ..core.forward import input_device, object_logprobs, selected_logits
+from ..core.generate import greedy_continuations
+from ..core.matching import contains_object
+from ..core.tokens import TargetTokenizationError, build_batch, prompt_and_target_ids
+from ..data.requests import EditRequest
 from .data import mentions_edit
 from .latent import ProbeFact
 from .status import MEASURED, measured, skipped

@@ -1,17 +1,19 @@
-"""Editors and baselines. Add one by adding a file and a line here."""
+"""Editors and baselines, one file per method behind the protocol of `base.py`; `training/` holds
+the machinery they share. Add one by adding a file and a line here. May import `data`, `models`
+and `core`."""
 
-from . import (
-    ft_full,  # noqa: F401
-    ft_localized,  # noqa: F401
-    ia3_all_layers,  # noqa: F401
-    learn_only,  # noqa: F401
-    lora_localized,  # noqa: F401
-    none,  # noqa: F401
-    unlearn_then_learn,  # noqa: F401  (registration side effect)
+from . import (  # noqa: F401  (registration side effect: one line per editor)
+    ft_full,
+    ft_localized,
+    ia3_all_layers,
+    learn_only,
+    lora_localized,
+    none,
+    unlearn_then_learn,
 )
 from .base import EDITORS, AdapterArtifact, EditorConfig, EditOutcome, TrainingContext, get_editor
-from .retain import RetainSet
-from .training import StageConfig, StageLog
+from .training.loop import StageConfig, StageLog
+from .training.retain import RetainSet
 
 __all__ = [
     "EDITORS",

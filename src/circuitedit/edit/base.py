@@ -12,10 +12,10 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
+from ..data.requests import EditRequest
 from ..models.components import Component
-from ..requests import EditRequest
-from .retain import RetainSet
-from .training import StageConfig, StageLog
+from .training.loop import StageConfig, StageLog
+from .training.retain import RetainSet
 
 
 @dataclass

@@ -5,36 +5,12 @@ method (train_stage), straight to the new object, but with all parameters free. 
 trained in fp32 (a low-precision model is upcast first: Adam steps of ~1e-5 vanish in bf16).
 """
 
+
 from __future__ import annotations
 
-from dataclasses import replace
-
-import torch
-from torch import nn
-
-from .base import EditorConfig, EditOutcome, freeze, register
-from .training import StageConfig, train_stage
-
-
-def ft_stage_config(config: EditorConfig, lr: float) -> StageConfig:
-    """The learn stage's config (margin, steps, loss weights) with a weight-training learning
-    rate (EditorConfig.ft_lr or .lora_lr; the stage's own lr is an IA3 rate)."""
-    return replace(config.learn, lr=lr)
-
-
-def ensure_fp32(model: nn.Module) -> nn.Module:
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        model.float()
-    return model
-
-
-def unique_parameters(params) -> list[nn.Parameter]:
-    seen, out = set(), []
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            out.append(p)
-    return out
+from .base import EditOutcome, freeze, register
+from .finetune import ensure_fp32, ft_stage_config, unique_parameters
+from .training.loop import train_stage
 
 
 @register("ft-full")

@@ -15,8 +15,8 @@ from torch import nn
 from ..models.arch import ArchitectureAdapter, get_adapter
 from ..models.components import HEAD, Component
 from .base import EditOutcome, freeze, register
-from .ft_full import ensure_fp32, ft_stage_config
-from .training import train_stage
+from .finetune import ensure_fp32, ft_stage_config
+from .training.loop import train_stage
 
 
 def head_masks(model: nn.Module, adapter: ArchitectureAdapter, components: Sequence[Component]) -> dict[str, torch.Tensor]:

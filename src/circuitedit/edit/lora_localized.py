@@ -12,10 +12,10 @@ from peft import LoraConfig, get_peft_model
 
 from ..models.arch import get_adapter
 from .base import AdapterArtifact, EditOutcome, register
-from .ft_full import ft_stage_config
+from .finetune import ft_stage_config
 from .ft_localized import head_masks
 from .ia3 import merge_fp32
-from .training import train_stage
+from .training.loop import train_stage
 
 LORA_RANK = 8
 LORA_ALPHA = 16

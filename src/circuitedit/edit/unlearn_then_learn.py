@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..models.arch import get_adapter
 from .base import AdapterArtifact, EditOutcome, register
 from .ia3 import attach_ia3, ia3_vectors, merge_fp32
-from .training import train_stage
+from .training.loop import train_stage
 
 
 def ia3_stage(name, model, tokenizer, components, targets, context, stage_config, config, progress=None,

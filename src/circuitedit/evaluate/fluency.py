@@ -10,15 +10,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..requests import EditRequest
-from .facts import _data_text
-from .scoring import (
-    encode_text,
-    greedy_continuations,
-    hidden_states,
-    input_device,
-    logits_from_hidden,
-)
+from ..core.forward import hidden_states, input_device, logits_from_hidden
+from ..core.generate import greedy_continuations
+from ..core.tokens import encode_text
+from ..data.facts import _data_text
+from ..data.requests import EditRequest
 
 GENERATION_TOKENS = 40
 

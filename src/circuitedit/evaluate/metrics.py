@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..requests import EditRequest
-from .runner import Probe, Snapshot
-from .scoring import contains_object, states_object
+from ..core.matching import contains_object, states_object
+from ..data.requests import EditRequest
+from .snapshots import Probe, Snapshot
 
 EDIT_KINDS = ("edit", "train_paraphrase", "test_paraphrase", "question")
 FACT_KINDS = ("control", "neighbourhood")

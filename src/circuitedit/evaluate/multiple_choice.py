@@ -13,13 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..requests import EditRequest
-from .scoring import (
-    TargetTokenizationError,
-    last_token_logits,
-    prompt_and_target_ids,
-    uses_chat_template,
-)
+from ..core.forward import last_token_logits
+from ..core.tokens import TargetTokenizationError, prompt_and_target_ids, uses_chat_template
+from ..data.requests import EditRequest
 
 LETTERS = "ABCDEFGH"
 QUESTION = "Question: Which option correctly completes the sentence \"{prompt} ...\"?\n{options}\nAnswer:"

@@ -1,4 +1,6 @@
-"""Localizers: rank the components that carry a fact. Add one by adding a file and a line here."""
+"""Localizers: rank the components that carry a fact; one file per method, holding only its
+scoring, behind the protocol of `base.py`. Add one by adding a file and a line here. May import
+`data`, `models` and `core`."""
 
 from . import (  # noqa: F401  (registration side effect: one line per localizer)
     activation,
@@ -9,14 +11,8 @@ from . import (  # noqa: F401  (registration side effect: one line per localizer
     gradient,
     random_baseline,
 )
-from .base import (
-    LOCALIZERS,
-    ComponentScore,
-    LocalizationResult,
-    LocalizeConfig,
-    get_localizer,
-)
-from .patching import LocalizationError
+from .base import LOCALIZERS, ComponentScore, LocalizationResult, LocalizeConfig, get_localizer
+from .corruption import LocalizationError
 
 
 def localize(model, tokenizer, request, config: LocalizeConfig | None = None, scan=None) -> LocalizationResult:

@@ -10,9 +10,10 @@ import torch
 
 from ..models.arch import get_adapter
 from ..models.components import HEAD
+from ..models.hooks import row_patcher, site_hooks
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .patching import PatchingSetup, row_patcher, site_hooks
-from .prompts import localization_setups
+from .corruption import PatchingSetup
+from .setup import localization_setups
 
 
 @torch.no_grad()

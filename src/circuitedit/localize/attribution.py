@@ -11,9 +11,10 @@ import time
 import torch
 
 from ..models.arch import get_adapter
+from ..models.hooks import site_hooks
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .patching import PatchingSetup, site_components, site_hooks, site_width_split
-from .prompts import localization_setups
+from .corruption import PatchingSetup, site_components, site_width_split
+from .setup import localization_setups
 
 
 def attribution_scores(model, adapter, setup: PatchingSetup) -> list[ComponentScore]:

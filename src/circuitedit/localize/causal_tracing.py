@@ -10,108 +10,28 @@ subject tokens, "last" the IE at the final token. The per-token traces of hidden
 attention (the ROME picture) of the edit prompt go to `details["trace"]`.
 """
 
+
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..evaluate.scoring import (
-    hidden_states,
-    input_device,
-    logits_from_hidden,
-    prompt_and_target_ids,
-)
+from ..core.forward import hidden_states, logits_from_hidden
 from ..models.arch import get_adapter
 from ..models.components import HEAD, MLP, Component
+from ..models.hooks import layer_output_hooks, row_patcher, site_hooks
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .patching import (
-    LocalizationError,
-    row_patcher,
-    site_hooks,
+from .corruption import (
+    FactPrompt,
+    fact_prompts,
     subject_noise,
-    subject_token_positions,
 )
 
 BATCH_SIZE = 32
 HIDDEN = "hidden"
 ATTN = "attn"
-
-
-@dataclass
-class FactPrompt:
-    """One phrasing of the fact, ready to run: ids, subject positions, answer and (optional) noise."""
-
-    template: str
-    ids: torch.Tensor  # (1, T)
-    subject_positions: list[int]
-    last_position: int
-    answer_token: int
-    noise: torch.Tensor | None  # (len(subject_positions), H)
-
-    @property
-    def groups(self) -> dict[str, list[int]]:
-        return {"subject": self.subject_positions, "last": [self.last_position]}
-
-
-def embedding_noise(model: nn.Module, n_tokens: int, scale: float, seed: int) -> torch.Tensor:
-    """Gaussian noise of `scale` x the embedding matrix's std, seeded, on the model's device."""
-    emb = model.get_input_embeddings()
-    std = emb.weight.float().std().item()
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n_tokens, emb.weight.shape[1]), generator=gen) * scale * std
-    return noise.to(input_device(model))
-
-
-def fact_prompts(model, tokenizer, request, config: LocalizeConfig, noise: bool = True) -> list[FactPrompt]:
-    """The edit prompt and (config.use_paraphrases) its paraphrases, without any forward pass."""
-    templates = [request.prompt] + (list(request.paraphrases) if config.use_paraphrases else [])
-    device = input_device(model)
-    prompts: list[FactPrompt] = []
-    for index, template in enumerate(templates):
-        try:
-            ids, subj = subject_token_positions(tokenizer, template, request.subject)
-        except LocalizationError:
-            if template == request.prompt:
-                raise
-            continue
-        answer = prompt_and_target_ids(tokenizer, template.replace("{}", request.subject), request.old_object)[1][0]
-        prompts.append(FactPrompt(
-            template, torch.tensor([ids], device=device), subj, len(ids) - 1, int(answer),
-            embedding_noise(model, len(subj), config.noise_scale, config.seed + index) if noise else None,
-        ))
-    return prompts
-
-
-def decoder_layer(model: nn.Module, adapter, layer: int) -> nn.Module:
-    return model.get_submodule(adapter.layer_name(layer))
-
-
-@contextmanager
-def layer_output_hooks(model: nn.Module, adapter, fn) -> Iterator[None]:
-    """Call `fn(layer, hidden)` on every decoder layer's output hidden state; a tensor replaces it."""
-    handles = []
-
-    def make(layer):
-        def hook(_module, _args, output):
-            hidden = output[0] if isinstance(output, tuple) else output
-            new = fn(layer, hidden)
-            if new is None:
-                return None
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-        return hook
-
-    try:
-        for layer in range(adapter.num_layers(model)):
-            handles.append(decoder_layer(model, adapter, layer).register_forward_hook(make(layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def answer_prob(model: nn.Module, prompt: FactPrompt, ids: torch.Tensor) -> torch.Tensor:

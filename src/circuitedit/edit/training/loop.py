@@ -1,0 +1,318 @@
+"""The training loop every editor shares: same prompts, same losses, same stopping rule.
+
+loss = CE(target tokens) + suppress * unlikelihood(old object's first token)
+       + kl * KL(original || current) on retain prompts' next-token distributions
+       + leak * mean hinge(log P_current - log P_original) of the targets' first tokens there.
+Training stops when every target token is the argmax with at least `margin` logits to spare
+(and the old object's first token is `old_gap` logits below the target's), not after a fixed
+number of steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ...core.forward import hidden_states, input_device
+from ...core.head import HeadReductions
+from ...core.tokens import TeacherForcedBatch, build_batch
+from .frozen_context import build_frozen_context_batch
+from .retain import RetainSet, ShortlistedReference
+from .shortlisted_head import ShortlistedHead
+
+
+@dataclass
+class StageConfig:
+    lr: float = 2e-2
+    max_steps: int = 60
+    min_steps: int = 1
+    margin: float = 2.0
+    # The old object's first token must also sit this many logits below the target's first token.
+    # A gap, not a rank: once the new object leads by 8 logits the old one at rank 4 has
+    # p < 0.001, and the rank test used to add ~50 steps (and drift) for nothing.
+    old_gap: float = 3.0
+    kl_weight: float = 2.0
+    # Penalty on any rise of the targets' first tokens' log-probability on the retain prompts
+    # (hinge on current - original): the KL term barely notices P(new) going from 1e-4 to 1e-2
+    # on a neighbour, yet that is what lets the new object overtake a neighbour's true answer.
+    # Off by default: on 8 dev edits weight 1 lifts CounterFact neighbourhood specificity 0.72 ->
+    # 0.85 but lowers held-out paraphrase accuracy 0.66 -> 0.53 (docs/tuning.md).
+    leak_weight: float = 0.0
+    suppress_weight: float = 1.0
+    weight_decay: float = 0.0
+    # Adam's moment decay rates. No momentum (beta1 0, i.e. RMSprop with bias correction): the
+    # KL term pulls against the target and momentum carried the stage into oscillations of
+    # several steps. On the 22 dev edits (docs/speed.md; AMD EPYC, bf16), against (0.9, 0.999): 33.0
+    # steps against 40.5, F_control 0.983 vs 0.964, neighbourhood 0.855 vs 0.594, CounterFact
+    # specificity 0.777 vs 0.573; held-out paraphrases 0.477 vs 0.523, forget 0.955 vs 0.970.
+    beta1: float = 0.0
+    beta2: float = 0.99
+    # Train only this share of each vector's units: those with the largest first-step gradient.
+    # Adam moves every coordinate by ~lr regardless of its gradient, so without this mask an IA3
+    # vector drifts everywhere and drags unrelated facts along (None trains all units).
+    unit_fraction: float | None = None
+    # Rotating retain prompts per evaluation of the retain terms, taken in turn (the pinned
+    # same-template neighbours are in every one), and how often those terms are evaluated: every
+    # `retain_every` steps, their gradient extrapolated in between (RetainTerm). Their forward
+    # and backward is most of a step. On 22 dev edits (docs/tuning.md; AMD machine), 8 prompts every 2 steps against
+    # 16 every step: 40.7 steps against 35.8, each far cheaper; held-out paraphrases 0.55 vs 0.52,
+    # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
+    retain_batch: int = 8
+    retain_every: int = 2
+    # LM-head shortlist (ShortlistedHead; RetainSet.shortlisted): most steps compute the logits of
+    # each row's `shortlist_top_k` best tokens only, full-vocabulary passes every
+    # `full_vocab_every` steps and whenever the targets look reached. None: every step computes
+    # all 262k logits.
+    shortlist_top_k: int | None = 256
+    full_vocab_every: int = 8
+    shortlist_tail_sample: int = 2048  # tokens whose logits estimate the rest's log-sum-exp
+    # Run each training prompt's leading context (the model-generated prefix; else the BOS) once
+    # per stage and reuse its KV cache, detached, so that a step runs only the prompt and target
+    # tokens (FrozenContextBatch).
+    frozen_context: bool = True
+    # The attention kernel while the stage trains (any `attn_implementation` transformers knows;
+    # None keeps the model's), restored afterwards; evaluation keeps the model's. Eager against
+    # SDPA, whose CPU backward is ~10x its forward for these few-token rows, on the 22 dev edits
+    # (docs/speed.md), two screens on two CPUs: AMD EPYC 0.95x the time, every quality mean within
+    # one neighbour of SDPA's or above (held-out paraphrases 0.523 vs 0.477); Xeon with AMX 0.97x,
+    # forget 0.955 vs 0.970 (one prompt), F_control 0.983 vs 0.979. Rounding noise either way.
+    attention: str | None = "eager"
+    # Cross-entropy only on the target tokens whose margin is below `margin + focus_slack` (None:
+    # on every token). On the 22 dev edits (docs/speed.md; AMD EPYC, bf16) slack 0 takes 28.1 steps
+    # against 35.8 (0.85x the time) but forget 0.924 vs 0.955; slack 1: 30.8 steps, forget 0.939,
+    # held-out paraphrases 0.455 vs 0.477. Not the default: it trades forgetting for speed.
+    focus_slack: float | None = None
+
+    def validate(self, stage: str) -> None:
+        """Raise a ValueError naming the first field (as `editor.STAGE.FIELD`) that cannot train."""
+        positive = {"lr": self.lr, "max_steps": self.max_steps, "retain_batch": self.retain_batch,
+                    "retain_every": self.retain_every, "full_vocab_every": self.full_vocab_every}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"editor.{stage}.{name}: must be positive, got {value}")
+        if not 0 <= self.min_steps <= self.max_steps:
+            raise ValueError(f"editor.{stage}.min_steps: must be in [0, max_steps], got {self.min_steps}")
+        for name in ("margin", "old_gap", "kl_weight", "leak_weight", "suppress_weight", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"editor.{stage}.{name}: must not be negative, got {getattr(self, name)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"editor.{stage}: beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.unit_fraction is not None and not 0 < self.unit_fraction <= 1:
+            raise ValueError(f"editor.{stage}.unit_fraction: must be in (0, 1], got {self.unit_fraction}")
+        if self.focus_slack is not None and self.focus_slack < 0:
+            raise ValueError(f"editor.{stage}.focus_slack: must be null or at least 0, got {self.focus_slack}")
+        if self.shortlist_top_k is not None and self.shortlist_top_k < 1:
+            raise ValueError(f"editor.{stage}.shortlist_top_k: must be at least 1 or null, got {self.shortlist_top_k}")
+
+
+@dataclass
+class StageLog:
+    name: str
+    steps: int = 0
+    seconds: float = 0.0
+    converged: bool = False
+    full_vocab_passes: int = 0  # of the training rows' LM head (the retain set's not counted)
+    losses: list[float] = field(default_factory=list)
+    trainable_parameters: int = 0
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["final_loss"] = self.losses[-1] if self.losses else None
+        data.pop("losses")
+        return data
+
+
+def restrict_to_top_units(params: Sequence[nn.Parameter], fraction: float) -> None:
+    """Mask every later gradient to the units with the largest current |grad| (per vector)."""
+    for param in params:
+        if param.grad is None:
+            continue
+        magnitude = param.grad.detach().abs().flatten()
+        live = magnitude[magnitude > 0]
+        if live.numel() == 0:
+            continue
+        keep = max(1, int(round(fraction * live.numel())))
+        threshold = live.topk(keep).values[-1]
+        mask = (param.grad.detach().abs() >= threshold).to(param.grad.dtype)
+        param.grad.mul_(mask)
+        param.register_hook(lambda grad, mask=mask: grad * mask)
+
+
+def targets_reached(head: HeadReductions, first: torch.Tensor, suppress: bool, config: StageConfig) -> bool:
+    """Every target token the argmax by `margin`, and the old object's first token `old_gap` below
+    the target's first token."""
+    reached = bool((head.margins(0) >= config.margin).all())
+    if suppress:
+        gap = head.picked[first, 0].detach() - head.picked[first, 1].detach()
+        reached = reached and bool((gap >= config.old_gap).all())
+    return reached
+
+
+def target_loss(head: HeadReductions, config: StageConfig) -> torch.Tensor:
+    """Mean cross-entropy of the target tokens; with `focus_slack`, of those still short of
+    `margin + focus_slack` only, so the step goes where the stopping rule is not yet met."""
+    token_ce = head.lse - head.picked[:, 0]  # (N,)
+    if config.focus_slack is None:
+        return token_ce.mean()
+    lagging = (head.margins(0) < config.margin + config.focus_slack).to(token_ce.dtype)
+    return (token_ce * lagging).sum() / lagging.sum().clamp(min=1)
+
+
+class RetainTerm:
+    """The retain terms (KL, leak) of every step, their gradient recomputed every
+    `config.retain_every` steps (lazy regularization, as StyleGAN2 does for its R1 term): the
+    retain forward and backward are most of a step's cost. In between, the gradient is
+    extrapolated linearly from its last two evaluations; plain reuse lags behind the moving
+    params and makes the stage oscillate (measured: +15% steps on the dev edits)."""
+
+    def __init__(self, retain: RetainSet | None, config: StageConfig, params: Sequence[nn.Parameter],
+                 watched: torch.Tensor | None):
+        self.retain, self.config, self.params, self.watched = retain, config, list(params), watched
+        self.active = retain is not None and bool(config.kl_weight or config.leak_weight)
+        self.gradient: list[torch.Tensor | None] | None = None  # at the last evaluation
+        self.previous: list[torch.Tensor | None] | None = None  # at the one before
+        self.span = 1  # steps between those two evaluations
+        self.value = 0.0
+        self.age = 0  # steps since the last evaluation
+        self.evaluations = 0
+        self.reference: ShortlistedReference | None = None  # built at the first evaluation
+
+    def known_zero(self) -> None:
+        """At the reference model both terms are zero with zero gradient: no pass needed."""
+        self.gradient, self.value, self.age = [None] * len(self.params), 0.0, 0
+
+    def _evaluate(self, model: nn.Module) -> None:
+        rows = self.retain.rows_for_step(self.evaluations, self.config.retain_batch)
+        if self.config.shortlist_top_k and self.reference is None:
+            self.reference = self.retain.shortlisted(model, self.config.shortlist_top_k, self.watched,
+                                                     self.config.shortlist_tail_sample)
+        kl, leak = self.retain.kl_and_leak(model, rows, self.watched, self.reference)
+        term = self.config.kl_weight * kl + self.config.leak_weight * leak
+        # Tensor hooks on the params (head masks, unit masks) apply to autograd.grad too.
+        gradient = list(torch.autograd.grad(term, self.params, allow_unused=True))
+        self.previous, self.span = self.gradient, max(1, self.age)
+        self.gradient, self.value, self.age = gradient, float(term.detach()), 0
+        self.evaluations += 1
+
+    def _estimate(self) -> list[torch.Tensor | None]:
+        if self.age == 0 or self.previous is None:
+            return self.gradient
+        ahead = self.age / self.span
+        out = []
+        for now, before in zip(self.gradient, self.previous, strict=True):
+            if now is None:
+                out.append(None)
+            else:
+                out.append(now + ahead * (now - before) if before is not None else now * (1 + ahead))
+        return out
+
+    def add_gradient(self, model: nn.Module) -> float:
+        """Add the retain terms' gradient to each param's .grad; returns their (last) value."""
+        if not self.active:
+            return 0.0
+        if self.gradient is None or self.age >= max(1, self.config.retain_every):
+            self._evaluate(model)
+        for param, grad in zip(self.params, self._estimate(), strict=True):
+            if grad is None:
+                continue
+            if param.grad is None:
+                param.grad = grad.clone()
+            else:
+                param.grad.add_(grad)
+        self.age += 1
+        return self.value
+
+
+@contextmanager
+def attention_kernel(model: nn.Module, kernel: str | None):
+    """Run the block with the model's attention on `kernel` (None: as it is), then restore it."""
+    previous = getattr(model.config, "_attn_implementation", None)
+    if kernel is None or kernel == previous:
+        yield
+        return
+    model.set_attn_implementation(kernel)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def train_stage(
+    name: str,
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    params: Sequence[nn.Parameter],
+    config: StageConfig,
+    retain: RetainSet | None = None,
+    suppress_token: int | None = None,
+    progress=None,
+    starts_at_reference: bool = False,
+    contexts: Sequence[str] | None = None,
+) -> StageLog:
+    """Train `params` (already the only ones requiring grad) until the targets are reached.
+
+    starts_at_reference: the model is the one `retain` was recorded on, so at step 0 the retain
+    terms are zero with zero gradient, and their forward pass (most of a step) is skipped.
+    contexts: per prompt, its leading text that `config.frozen_context` runs only once.
+    """
+    with attention_kernel(model, config.attention):
+        start = time.perf_counter()
+        log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
+        device = input_device(model)
+        if config.frozen_context:
+            rows = build_frozen_context_batch(tokenizer, prompts, contexts, targets, device)
+            rows.record(model)
+            batch: TeacherForcedBatch = rows.live
+            forward = rows.hidden
+        else:
+            batch = build_batch(tokenizer, prompts, targets, device)
+            forward = lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)  # noqa: E731
+        first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
+        watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
+        optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2),
+                                     weight_decay=config.weight_decay)
+        retain_term = RetainTerm(retain, config, params, watched if config.leak_weight else None)
+        if starts_at_reference:
+            retain_term.known_zero()
+        model.train(False)  # no dropout: edits must be deterministic
+        targets_dev = batch.targets.to(device)
+        pick = targets_dev[:, None] if suppress_token is None else torch.stack(
+            [targets_dev, torch.full_like(targets_dev, suppress_token)], 1)  # (N, 1 or 2): target, old object
+        shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
+                                      config.shortlist_tail_sample)
+        for step in range(config.max_steps + 1):
+            hidden = forward(model)
+            selected = hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]  # (N, H)
+            head, exact = shortlisted(selected)
+            first = first_positions.to(head.lse.device)
+            reached = targets_reached(head, first, suppress_token is not None, config)
+            if not exact and ((reached and step >= config.min_steps) or step == config.max_steps):
+                reached = targets_reached(shortlisted.full(selected), first, suppress_token is not None, config)
+            if (reached and step >= config.min_steps) or step == config.max_steps:
+                log.converged = reached
+                break
+            loss = target_loss(head, config)
+            if suppress_token is not None and config.suppress_weight:
+                p_old = (head.picked[first, 1] - head.lse[first]).exp()
+                loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            retained = retain_term.add_gradient(model)
+            if step == 0 and config.unit_fraction is not None:
+                restrict_to_top_units(params, config.unit_fraction)
+            optimizer.step()
+            total = float(loss.detach()) + retained
+            log.losses.append(total)
+            log.steps = step + 1
+            if progress is not None:
+                progress(name, step + 1, total)
+        log.seconds = time.perf_counter() - start
+        log.full_vocab_passes = shortlisted.full_passes
+        return log
