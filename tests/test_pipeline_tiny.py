@@ -126,7 +126,7 @@ def test_outputs_are_peft_adapters_that_reproduce_the_edit(edited, outputs):
 def test_load_edited_rebuilds_the_edited_model(edited, outputs, tmp_path, source):
     import shutil
 
-    from circuitedit.workflows.edit_dir import load_edited
+    from circuitedit.workflows.outputs import load_edited
 
     *_, result = edited
     directory = tmp_path / "edit"

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..audit.run import AuditReport
 from ..core.files import write_text_atomic
 from ..render.html import audit_html
-from .edit_dir import STAGES, adapter_dirs, merged_adapter, read_edit_json
+from .outputs import STAGES, adapter_dirs, merged_adapter, read_edit_json
 
 # ---- rebuilding the stage models -------------------------------------------------------------
 

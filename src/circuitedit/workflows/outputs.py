@@ -1,12 +1,19 @@
-"""The edit output directory: `edit.json`, adapters, `report.html`, the model, written atomically."""
+"""The edit output directory, written and read back: `edit.json`, the adapters (PEFT format),
+`report.html` and, with --save-model, the edited model; written atomically."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
 
+from safetensors import SafetensorError
+from torch import nn
+
 from ..core.files import atomic_directory, write_json
+from ..data.requests import EditRequest
+from ..edit.base import freeze
 
 # The file every output directory of its kind holds: an existing --out without it is refused.
 EDIT_FILE = "edit.json"
@@ -36,3 +43,71 @@ def write_edit_outputs(result, out_dir: Path, tokenizer, save_model: bool = Fals
         edit_dict = json.loads((tmp / EDIT_FILE).read_text(encoding="utf-8"))
         (tmp / REPORT_FILE).write_text(edit_html(edit_dict), encoding="utf-8")
     return out_dir
+
+
+# ---- reading it back -------------------------------------------------------------------------
+
+STAGES = ("unlearn", "learn")  # adapters/<stage>, in the order they were trained
+
+
+def read_edit_json(edit_dir: Path | str) -> tuple[dict, EditRequest]:
+    """(edit.json's content, its request); errors name the file and what is wrong."""
+    meta_path = Path(edit_dir) / EDIT_FILE
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} not found (is {edit_dir} an `edit --out` directory?)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path}: not valid JSON ({exc}); a corrupt or truncated file?") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("request"), dict):
+        raise ValueError(f"{meta_path}: no 'request' object (not written by `edit --out`?)")
+    try:
+        request = EditRequest.from_dict(meta["request"])
+    except ValueError as exc:
+        raise ValueError(f"{meta_path}: request: {exc}") from None
+    return meta, request
+
+
+def adapter_dirs(edit_dir: Path | str) -> dict[str, Path]:
+    """{stage: directory} of the PEFT adapters the directory holds, in training order."""
+    root = Path(edit_dir) / "adapters"
+    return {s: root / s for s in STAGES if (root / s / "adapter_config.json").exists()}
+
+
+def merged_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
+    """A copy of `model` with the PEFT adapter in `adapter_dir` merged in fp32, frozen, in eval mode."""
+    from peft import PeftModel
+
+    from ..edit.ia3 import merge_fp32
+
+    try:
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # corrupt or foreign files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{adapter_dir}: cannot load the adapter ({first})") from exc
+    merged = merge_fp32(peft_model)
+    freeze(merged)
+    return merged.eval()
+
+
+def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):
+    """(edited model, tokenizer, edit.json) from an `edit --out` directory: the model --save-model
+    wrote there, else the base model (edit.json's "model", or `model`) with every adapter merged in
+    training order."""
+    from ..models import load_model
+
+    edit_dir = Path(edit_dir)
+    meta, _ = read_edit_json(edit_dir)
+    saved = edit_dir / "model"
+    if model is None and (saved / "config.json").exists():
+        loaded = load_model(str(saved), dtype=dtype, device=device)
+        return loaded.model, loaded.tokenizer, meta
+    stages = adapter_dirs(edit_dir)
+    if not stages:
+        raise FileNotFoundError(f"{edit_dir}: no adapters/ and no model/ (edit with an adapter method, "
+                                "or with --save-model)")
+    loaded = load_model(model or meta.get("model"), dtype=dtype, device=device)
+    edited = loaded.model
+    for adapter_dir in stages.values():
+        edited = merged_adapter(edited, adapter_dir)
+    return edited, loaded.tokenizer, meta
