@@ -198,7 +198,7 @@ def cmd_ask(args, console: Console) -> int:
     from .core.generate import greedy_continuations
     from .core.tokens import CHAT, render_prompt, uses_chat_template
     from .models import load_model
-    from .workflows.edit_dir import load_edited
+    from .workflows.outputs import load_edited
 
     if args.edit:
         model, tokenizer, _ = load_edited(args.edit, args.model, dtype=args.dtype, device=args.device)
