@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
@@ -11,6 +10,7 @@ from torch import nn
 
 from ..core.prompt_scan import PromptScan
 from ..core.reference_cache import ModelReferences, ReferenceCache
+from ..core.timing import Timings
 from ..core.tokens import (
     CHAT,
     TargetTokenizationError,
@@ -220,64 +220,56 @@ def edit(
     """
     config = config or EditConfig()
     config.validate()
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    check_request(tokenizer, request)
-    get_adapter(model)
+    timings = Timings()
+    with timings.phase("total"):
+        check_request(tokenizer, request)
+        get_adapter(model)
+        bound = None
+        if references is not None:
+            with timings.phase("fingerprint"):
+                bound = references.for_model(model)
+        with timings.phase("evaluate_before"):
+            controls = control_facts() if controls is None else controls
+            if control_baseline is None and bound is not None:
+                control_baseline = cached_control_snapshot(bound, model, tokenizer, request, controls, config.evaluate)
+            probes = probes_for(request, controls_for(request, controls), tokenizer)
+            before = measure(model, tokenizer, request, probes, controls, config.evaluate, control_baseline)
+        with timings.phase("scan"):
+            scan = (template_scan(model, tokenizer, request, bound) if preloads_template_scan(config)
+                    else PromptScan(model, tokenizer))
+        with timings.phase("localize"):
+            localization, components = localized_components(model, tokenizer, request, config, scan, components)
+        with timings.phase("prepare"):
+            context = build_context(model, tokenizer, request, config.editor, bound, scan)
+            working = copy.deepcopy(model)
+            freeze(working)
+        with timings.phase("train"):
+            outcome = get_editor(config.method)(working, tokenizer, request, components, context, config.editor,
+                                                progress)
+            outcome.model.eval()
+        timings.update({f"{stage.name}_s": stage.seconds for stage in outcome.stages})
+        with timings.phase("evaluate_after"):
+            after = measure(outcome.model, tokenizer, request, probes, controls, config.evaluate)
+            if (matched := in_dtypes_of(model, outcome.model)) is not None:
+                # An editor that trains in fp32 (ft-full) is compared with the base model in fp32,
+                # so that rounding alone moves no near-tie.
+                before = measure(matched, tokenizer, request, probes, controls, config.evaluate)
+        rows = probe_rows(request, probes, before, after, config.evaluate.known_margin)
+        metrics = edit_metrics(request, rows, before, after)
+    return EditResult(request, outcome.model, list(components), localization, outcome, rows, metrics, dict(timings),
+                      config)
 
-    bound = None
-    if references is not None:
-        tick = time.perf_counter()
-        bound = references.for_model(model)
-        timings["fingerprint_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    controls = control_facts() if controls is None else controls
-    if control_baseline is None and bound is not None:
-        control_baseline = cached_control_snapshot(bound, model, tokenizer, request, controls, config.evaluate)
-    probes = probes_for(request, controls_for(request, controls), tokenizer)
-    before = measure(model, tokenizer, request, probes, controls, config.evaluate, control_baseline)
-    timings["evaluate_before_s"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    # The localizer's corrupting-subject search and the hard-negative scan read the unedited model
-    # on the same filled templates: one scan serves both.
-    if preloads_template_scan(config):
-        scan = template_scan(model, tokenizer, request, bound)
-    else:
-        scan = PromptScan(model, tokenizer)
-    timings["scan_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    localization = None
-    if components is None:
-        localization = localize(model, tokenizer, request, config.localize, scan)
-        components = localization.select_by(config.localize, get_adapter(model).num_layers(model))
-        if not components and uses_localization(config.method):
-            raise ValueError(f"no components to edit: {config.localize.method} localization selected none "
-                             f"(localize.kinds {config.localize.kinds!r}, max_layer_fraction "
-                             f"{config.localize.max_layer_fraction:g}, fraction {config.localize.fraction})")
-    timings["localize_s"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    context = build_context(model, tokenizer, request, config.editor, bound, scan)
-    working = copy.deepcopy(model)
-    freeze(working)
-    timings["prepare_s"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    outcome = get_editor(config.method)(working, tokenizer, request, components, context, config.editor, progress)
-    outcome.model.eval()
-    timings["train_s"] = time.perf_counter() - tick
-    for stage in outcome.stages:
-        timings[f"{stage.name}_s"] = stage.seconds
-
-    tick = time.perf_counter()
-    after = measure(outcome.model, tokenizer, request, probes, controls, config.evaluate)
-    if (matched := in_dtypes_of(model, outcome.model)) is not None:
-        # An editor that trains in fp32 (ft-full) is compared with the base model in fp32, so
-        # that rounding alone moves no near-tie.
-        before = measure(matched, tokenizer, request, probes, controls, config.evaluate)
-    timings["evaluate_after_s"] = time.perf_counter() - tick
-    rows = probe_rows(request, probes, before, after, config.evaluate.known_margin)
-    metrics = edit_metrics(request, rows, before, after)
-    timings["total_s"] = time.perf_counter() - start
-    return EditResult(request, outcome.model, list(components), localization, outcome, rows, metrics, timings, config)
+def localized_components(model: nn.Module, tokenizer, request: EditRequest, config: EditConfig, scan: PromptScan,
+                         components: list[Component] | None) -> tuple[LocalizationResult | None, list[Component]]:
+    """(the localization, the components it selects), or (None, `components`) when given."""
+    if components is not None:
+        return None, components
+    # The localizer's corrupting-subject search reads the same template scan as the hard negatives.
+    localization = localize(model, tokenizer, request, config.localize, scan)
+    components = localization.select_by(config.localize, get_adapter(model).num_layers(model))
+    if not components and uses_localization(config.method):
+        raise ValueError(f"no components to edit: {config.localize.method} localization selected none "
+                         f"(localize.kinds {config.localize.kinds!r}, max_layer_fraction "
+                         f"{config.localize.max_layer_fraction:g}, fraction {config.localize.fraction})")
+    return localization, components
