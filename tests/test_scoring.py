@@ -12,6 +12,7 @@ from circuitedit.core.tokens import (
     TargetTokenizationError,
     build_batch,
     join_target,
+    pad_rows,
     prompt_and_target_ids,
 )
 from tiny import FAMILIES, tiny_model
@@ -68,6 +69,18 @@ def test_prompt_and_target_split_moves_to_common_prefix_on_a_boundary_merge():
     prompt_ids, target_ids = prompt_and_target_ids(MergingTokenizer(), "city of", "Paris")
     assert prompt_ids == [0, 6, 3]  # "<bos> city ' '": "of" merged into the target's first token
     assert target_ids == [1, 5]
+
+
+def test_pad_rows_pads_either_side_with_a_matching_mask():
+    rows = [[5, 6, 7], [], [8]]
+    ids, mask = pad_rows(rows, 0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 0], [8, 0, 0]] and ids.dtype == torch.long
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 0], [1, 0, 0]] and mask.dtype == torch.long
+    ids, mask = pad_rows(rows, 9, side="left", device="cpu")
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 9], [9, 9, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match="side"):
+        pad_rows(rows, 0, side="middle")
 
 
 def test_build_batch_positions(tokenizer):

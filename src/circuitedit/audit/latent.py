@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..core.forward import body, input_device, logits_from_hidden
-from ..core.tokens import encode_text, padding_id, prompt_and_target_ids
+from ..core.tokens import encode_text, pad_rows, padding_id, prompt_and_target_ids
 from .status import MEASURED, measured, skipped
 
 SUBJECT = "subject_last"
@@ -71,9 +71,7 @@ def layer_states(model: nn.Module, tokenizer, facts: Sequence[ProbeFact], batch_
     for start in range(0, len(facts), batch_size):
         chunk = facts[start:start + batch_size]
         ids = [encode_text(tokenizer, f.prompt) for f in chunk]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
+        input_ids, mask = pad_rows(ids, pad, device=device)
         result = body(model)(input_ids=input_ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         rows = torch.arange(len(chunk), device=device)
         index = {FINAL: torch.tensor([len(r) - 1 for r in ids], device=device),

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from .head import head_reductions
-from .tokens import TeacherForcedBatch, build_batch, common_prefix_length, encode_text, padding_id
+from .tokens import (
+    TeacherForcedBatch,
+    build_batch,
+    common_prefix_length,
+    encode_text,
+    pad_rows,
+    padding_id,
+)
 
 
 def input_device(model: nn.Module) -> torch.device:
@@ -83,9 +90,7 @@ def iter_last_token_hidden(
         ids = [encoded[i] for i in indices]
         shared = common_prefix_length(ids) if share_prefix and len(ids) > 1 else 0
         rows = [r[shared:] for r in ids]
-        width = max(map(len, rows))
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        input_ids, mask = pad_rows(rows, pad, device=device)
         if shared:
             hidden = continued_hidden_states(model, ids[0][:shared], input_ids, mask)
         else:

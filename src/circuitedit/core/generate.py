@@ -12,7 +12,7 @@ from torch import nn
 from .forward import body, cache_keyword, input_device
 from .head import head_top
 from .matching import names_object_settled
-from .tokens import encode_text
+from .tokens import encode_text, pad_rows
 
 
 @dataclass
@@ -51,9 +51,7 @@ def greedy_generate(
     for start in range(0, len(prompts), batch_size):
         ids = [encode_text(tokenizer, p) for p in prompts[start:start + batch_size]]
         stops = stop_at[start:start + batch_size]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
+        input_ids, mask = pad_rows(ids, pad, side="left", device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         past = None
         tokens: list[list[int]] = [[] for _ in ids]

@@ -83,6 +83,28 @@ def padding_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) long token ids and attention mask of `rows`, each padded with `pad_id` to the longest.
+
+    side: "right" (rows start at position 0: teacher forcing, hidden states) or "left" (rows end
+    at the last column: generation appends after every row's last token).
+    """
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        input_ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    if device is not None:
+        input_ids, mask = input_ids.to(device), mask.to(device)
+    return input_ids, mask
+
+
 def build_batch(
     tokenizer, prompts: Sequence[str], targets: Sequence[str], device: torch.device | str = "cpu"
 ) -> TeacherForcedBatch:
@@ -104,15 +126,10 @@ def batch_from_ids(
             target_tokens.append(tok)
             owners.append(i)
         last.append(len(p_ids) - 1)
-    width = max(len(r) for r in rows_ids)
-    input_ids = torch.full((len(rows_ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows_ids), width), dtype=torch.long)
-    for i, seq in enumerate(rows_ids):
-        input_ids[i, : len(seq)] = torch.tensor(seq)
-        mask[i, : len(seq)] = 1
+    input_ids, mask = pad_rows(rows_ids, pad, device=device)
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
     return TeacherForcedBatch(
-        input_ids.to(device), mask.to(device), as_long(rows), as_long(positions),
+        input_ids, mask, as_long(rows), as_long(positions),
         as_long(target_tokens), as_long(owners), as_long(last),
     )
 

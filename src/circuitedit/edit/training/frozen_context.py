@@ -21,6 +21,7 @@ from ...core.tokens import (
     TeacherForcedBatch,
     batch_from_ids,
     encode_text,
+    pad_rows,
     padding_id,
     prompt_and_target_ids,
 )
@@ -97,13 +98,8 @@ def build_frozen_context_batch(
         live_pairs.append((p_ids[cut:], t_ids))
     pad = padding_id(tokenizer)
     live = batch_from_ids(live_pairs, pad, device)
-    context_width = max(map(len, context_rows))
-    context_ids = torch.full((len(context_rows), context_width), pad, dtype=torch.long)
-    context_mask = torch.zeros_like(context_ids)
-    for i, ctx in enumerate(context_rows):
-        if ctx:  # left padding: every row's context ends where its live tokens start
-            context_ids[i, context_width - len(ctx):] = torch.tensor(ctx)
-            context_mask[i, context_width - len(ctx):] = 1
+    # left padding: every row's context ends where its live tokens start
+    context_ids, context_mask = pad_rows(context_rows, pad, side="left", device=device)
     cuts = torch.tensor([len(ctx) for ctx in context_rows])
     position_ids = cuts[:, None] + torch.arange(live.input_ids.shape[1])[None, :]
-    return FrozenContextBatch(live, context_ids.to(device), context_mask.to(device), position_ids.to(device))
+    return FrozenContextBatch(live, context_ids, context_mask, position_ids.to(device))

@@ -10,7 +10,7 @@ import torch
 from ...core.forward import input_device
 from ...core.prompt_scan import PromptScan
 from ...core.reference_cache import ModelReferences, tokenizer_identity
-from ...core.tokens import padding_id, prompt_and_target_ids
+from ...core.tokens import pad_rows, padding_id, prompt_and_target_ids
 from ...data.requests import EditRequest
 
 PREFIX_SEEDS = ("The", "Therefore", "Because", "I", "You", "In", "It", "When")
@@ -29,10 +29,8 @@ def generated_prefixes(model, tokenizer, count: int, length: int = PREFIX_LENGTH
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         ids = [tokenizer(s)["input_ids"] for s in seeds]
-        width = max(map(len, ids))
         pad = padding_id(tokenizer)
-        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)
+        input_ids, mask = pad_rows(ids, pad, side="left", device=device)
         out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=length,
                              do_sample=True, top_k=PREFIX_TOP_K, pad_token_id=pad)
     texts = tokenizer.batch_decode(out, skip_special_tokens=True)

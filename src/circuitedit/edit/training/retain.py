@@ -14,7 +14,7 @@ from torch import nn
 
 from ...core.forward import hidden_states, input_device, logits_from_hidden
 from ...core.head import Shortlist, TailEstimate, head_reductions
-from ...core.tokens import encode_text, padding_id
+from ...core.tokens import encode_text, pad_rows, padding_id
 
 # What one more forward pass costs, in padded tokens: measured on 2 CPU cores (Gemma-3-270M,
 # bf16) a forward+backward costs ~1.7 ms a token and ~50 ms a pass (per-op dispatch, weights read).
@@ -83,10 +83,7 @@ class RetainSet:
         keep = list(range(pinned)) + rotating
         ids, prompts = [ids[i] for i in keep], [prompts[i] for i in keep]
         device = input_device(model)
-        width = max(map(len, ids))
-        pad = padding_id(tokenizer)
-        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device)
+        input_ids, mask = pad_rows(ids, padding_id(tokenizer), device=device)
         last = torch.tensor([len(r) - 1 for r in ids], device=device)
         retain = cls(input_ids, mask, last, torch.empty(0), list(prompts), pinned)
         logits = retain.logits(model).detach()
