@@ -238,20 +238,20 @@ def test_random_control_draws_as_many_components_as_the_real_localizer(order):
 
     from circuitedit.data.datasets import load_requests
     from circuitedit.workflows.bench import random_components
-    from circuitedit.workflows.bench.run import _components
+    from circuitedit.workflows.bench.run import FactWork, _components
 
     model, tokenizer = tiny_model("gemma3_text")
     request = load_requests(FIXTURE, "jsonl")[0]
     edit_config = EditConfig.from_dict({"localize": {"kinds": "both", "positions": "all", "top_k": 2,
                                                      "fraction": 0.6}})
     config = BenchConfig(data=str(FIXTURE), localizers=order, seed=1, edit=edit_config)
-    per_fact = {"components": {}, "localize_s": {}}
+    fact = FactWork(7, request)
     for loc in order:
-        _components(model, tokenizer, request, copy.deepcopy(edit_config), loc, 7, config, per_fact)
-    real, drawn = per_fact["components"]["attribution"], per_fact["components"]["random"]
+        _components(model, tokenizer, request, copy.deepcopy(edit_config), loc, 7, config, fact)
+    real, drawn = fact.components["attribution"], fact.components["random"]
     assert len(real) > edit_config.localize.top_k
     assert drawn == random_components(model, len(real), "both", 1 * 100_003 + 7)
-    assert set(per_fact["localize_s"]) == {"attribution", "random"}
+    assert set(fact.localize_s) == {"attribution", "random"}
 
 
 def test_unknown_localizer_is_a_user_error_listing_each_localizer_once(tmp_path):

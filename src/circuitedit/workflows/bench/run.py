@@ -6,16 +6,18 @@ import copy
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...core.files import check_output_directory, write_text_atomic
 from ...core.reference_cache import ReferenceCache
 from ...data.datasets import SPORTS, load_requests
 from ...data.facts import Fact, control_facts
+from ...data.requests import EditRequest
 from ...edit import get_editor
 from ...evaluate.fluency import perplexity
-from ...evaluate.multiple_choice import choice_set, distractors_for
-from ...evaluate.snapshots import control_snapshot
+from ...evaluate.multiple_choice import ChoiceSet, choice_set, distractors_for
+from ...evaluate.snapshots import Snapshot, control_snapshot
 from ...localize import LOCALIZERS, localize
 from ...models.arch import get_adapter
 from ...models.components import Component
@@ -64,44 +66,92 @@ def _check_resume(out: Path, config: BenchConfig, resume: bool) -> dict | None:
     return meta
 
 
+@dataclass
+class FactWork:
+    """What every method of one fact shares: its localizations, choices and unedited measures."""
+
+    index: int
+    request: EditRequest
+    choices: ChoiceSet | None = None
+    before: dict = field(default_factory=dict)
+    components: dict[str, list[Component]] = field(default_factory=dict)  # localizer -> components
+    localize_s: dict[str, float] = field(default_factory=dict)
+    audit_facts: list | None = None  # the audit's relation facts, found once per fact
+    audit_facts_s: float = 0.0
+
+
+@dataclass
+class BenchRun:
+    """What every edit of a run reads: the model, the data and the unedited model's baselines."""
+
+    config: BenchConfig
+    model: object
+    tokenizer: object
+    requests: list[EditRequest]
+    controls: list[Fact]
+    control_baseline: Snapshot
+    dataset_facts: list[Fact]
+    dataset_baseline: Snapshot
+    references: ReferenceCache
+    provenance: dict
+    out: Path
+
+
 def run_bench(config: BenchConfig, resume: bool = False, console=None,
               on_record: Callable[[dict], None] | None = None) -> dict:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
     from ...models import load_model
 
     # First, before anything slow: the checkout may move on while a long run works.
     provenance = software()
     console = console or Console(stderr=True)
-    for method in config.methods:
-        get_editor(method)
-    for loc in config.localizers:
-        if loc not in LOCALIZERS:
-            raise BenchError(f"unknown localizer {loc!r}; available: {', '.join(sorted(LOCALIZERS))}")
+    _check_names(config)
     requests = load_requests(config.data, config.fmt, config.seed)
     controls = _load_controls(config.controls)
     out = Path(config.out)
     check_output_directory(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = _check_resume(out, config, resume)
-    results_path = out / "results.jsonl"
-    records = read_results(results_path) if resume else []
+    records = read_results(out / "results.jsonl") if resume else []
 
     loaded = load_model(config.model, dtype=config.dtype, device=config.device)
     model, tokenizer = loaded.model, loaded.tokenizer
     started = time.perf_counter()
+    selection = _selection(model, tokenizer, requests, config, meta, console)
+    dataset_indices = _dataset_controls(model, tokenizer, requests, selection, config, meta, console)
+    base_ppl = perplexity(model, tokenizer)
+    write_text_atomic(out / "bench.json", json.dumps({"config": config.to_dict(), "model": loaded.name,
+                                                      "selection": selection.to_dict(),
+                                                      "dataset_controls": dataset_indices,
+                                                      "base_perplexity": base_ppl}, indent=2) + "\n")
+    first = requests[selection.kept[0]]
+    dataset_facts = [Fact(requests[i].text, requests[i].old_object) for i in dataset_indices]
+    run = BenchRun(config, model, tokenizer, requests, controls,
+                   control_snapshot(model, tokenizer, first, controls, config.edit.evaluate), dataset_facts,
+                   control_snapshot(model, tokenizer, first, dataset_facts, config.edit.evaluate),
+                   ReferenceCache(),  # the sampled prefixes: drawn once for every edit of this model
+                   provenance, out)
+    _edit_all(run, selection, records, console, on_record)
+    summary = summarize(config, loaded.name, selection, records, base_ppl, len(dataset_indices))
+    summary["seconds"] = time.perf_counter() - started
+    write_summary(out, summary)
+    return summary
 
-    old_sel = (meta or {}).get("selection")
-    if old_sel and (len(old_sel["kept"]) >= config.n or old_sel["scanned"] >= old_sel["total"]):
-        selection = Selection(**old_sel)
+
+def _check_names(config: BenchConfig) -> None:
+    for method in config.methods:
+        get_editor(method)
+    for loc in config.localizers:
+        if loc not in LOCALIZERS:
+            raise BenchError(f"unknown localizer {loc!r}; available: {', '.join(sorted(LOCALIZERS))}")
+
+
+def _selection(model, tokenizer, requests, config: BenchConfig, meta: dict | None, console) -> Selection:
+    """The facts to edit: those of the run being resumed when it had enough, else selected anew."""
+    old = (meta or {}).get("selection")
+    if old and (len(old["kept"]) >= config.n or old["scanned"] >= old["total"]):
+        selection = Selection(**old)
         selection.kept = selection.kept[: config.n]
     else:
         with console.status("selecting facts the model knows"):
@@ -112,88 +162,100 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     if not selection.kept:
         raise BenchError(f"{config.data}: none of the {selection.scanned} scanned facts passes the filter "
                          f"({selection.criterion}); scan more or pass --keep-unknown")
+    return selection
 
-    dataset_indices = _dataset_controls(model, tokenizer, requests, selection, config, meta, console)
-    base_ppl = perplexity(model, tokenizer)
-    write_text_atomic(out / "bench.json", json.dumps({"config": config.to_dict(), "model": loaded.name,
-                                                      "selection": selection.to_dict(),
-                                                      "dataset_controls": dataset_indices,
-                                                      "base_perplexity": base_ppl}, indent=2) + "\n")
-    control_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], controls, config.edit.evaluate)
-    dataset_facts = [Fact(requests[i].text, requests[i].old_object) for i in dataset_indices]
-    dataset_baseline = control_snapshot(model, tokenizer, requests[selection.kept[0]], dataset_facts,
-                                        config.edit.evaluate)
-    # The sampled prefixes are the same for every edit of this model: drawn once, not per edit.
-    references = ReferenceCache()
 
-    pairs = plan(config.methods, config.localizers)
+def _edit_all(run: BenchRun, selection: Selection, records: list[dict], console, on_record) -> None:
+    """Every (fact, method, localizer) not yet in `records`, each appended as it finishes."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    pairs = plan(run.config.methods, run.config.localizers)
     done = {(r["key"], r["method"], r.get("localizer")) for r in records if not r.get("error")}
     todo = [(i, m, loc) for i in selection.kept for m, loc in pairs if (str(i), m, loc) not in done]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("edits", total=len(todo))
-        current, per_fact = None, {}
+        fact = None
         for index, method, loc in todo:
-            request = requests[index]
-            if index != current:  # per-fact work shared by all methods
-                current = index
-                per_fact = {"components": {}, "localize_s": {}}
-                distractors = ([s for s in SPORTS if s not in (request.old_object, request.new_object)]
-                               if config.fmt == "sports" else distractors_for(request, requests, 2, config.seed))
-                per_fact["choices"] = choice_set(tokenizer, request, distractors)
-                per_fact["before"] = fact_measures(model, tokenizer, request, per_fact["choices"],
-                                                   config.generation_tokens)
-            bar.update(task, description=f"fact {index} {request.subject[:20]!s}: {label_for(method, loc)}")
-            record = {"key": str(index), "index": index, "case_id": request.case_id, "subject": request.subject,
-                      "prompt": request.text, "old": request.old_object, "new": request.new_object,
-                      "relation": request.relation, "method": method, "localizer": loc,
-                      "label": label_for(method, loc), "software": provenance}
-            try:
-                cfg = copy.deepcopy(config.edit)
-                cfg.method = method
-                components = [] if loc is None else _components(model, tokenizer, request, cfg, loc, index,
-                                                                config, per_fact)
-                result = edit(model, tokenizer, request, cfg, controls=controls,
-                              control_baseline=control_baseline, components=components, references=references)
-                after = fact_measures(result.model, tokenizer, request, per_fact["choices"],
-                                      config.generation_tokens)
-                metrics = dict(result.metrics)
-                metrics.update({k: v for k, v in after.items() if k not in ("generations", "mc_old_first")})
-                if dataset_facts:
-                    metrics.update(dataset_control_retention(model, result.model, tokenizer, request, dataset_facts,
-                                                             dataset_baseline, config.edit.evaluate))
-                metrics["perplexity"] = perplexity(result.model, tokenizer)
-                metrics["trainable_parameters"] = sum(s.trainable_parameters for s in result.outcome.stages)
-                metrics["steps"] = result.outcome.steps
-                metrics["seconds"] = result.timings["total_s"] + per_fact["localize_s"].get(loc, 0.0)
-                if config.audit:
-                    record["audit"] = audit_result(model, tokenizer, request, result, requests, controls,
-                                                   out / "audits" / f"{index}-{record['label']}.json", per_fact)
-                    metrics.update(record["audit"].pop("metrics"))
-                record.update({
-                    "metrics": metrics,
-                    "components": [c.name for c in components],
-                    "stages": [s.to_dict() for s in result.outcome.stages],
-                    "timings": {**result.timings, "localize_s": per_fact["localize_s"].get(loc, 0.0)},
-                    "before": {k: v for k, v in per_fact["before"].items() if k != "generations"},
-                    "generations": {"before": per_fact["before"]["generations"], "after": after["generations"]},
-                    "rows": [r.to_dict() for r in result.rows if r.kind != "control"],
-                })
-                del result
-            except (ValueError, RuntimeError) as exc:  # one failed edit must not sink the run
-                record["error"] = f"{type(exc).__name__}: {exc}"
-                console.print(f"[red]fact {index} {method}: {record['error']}[/]")
-            append_result(results_path, record)
+            if fact is None or fact.index != index:
+                fact = _fact_work(run, index)
+            bar.update(task, description=f"fact {index} {fact.request.subject[:20]!s}: {label_for(method, loc)}")
+            record = _edit_record(run, fact, method, loc, console)
+            append_result(run.out / "results.jsonl", record)
             records.append(record)
             if on_record:
                 on_record(record)
             bar.advance(task)
 
-    summary = summarize(config, loaded.name, selection, records, base_ppl, len(dataset_indices))
-    summary["seconds"] = time.perf_counter() - started
-    write_summary(out, summary)
-    return summary
+
+def _fact_work(run: BenchRun, index: int) -> FactWork:
+    """The per-fact work shared by all methods: multiple-choice options and the unedited measures."""
+    request = run.requests[index]
+    if run.config.fmt == "sports":
+        distractors = [s for s in SPORTS if s not in (request.old_object, request.new_object)]
+    else:
+        distractors = distractors_for(request, run.requests, 2, run.config.seed)
+    choices = choice_set(run.tokenizer, request, distractors)
+    before = fact_measures(run.model, run.tokenizer, request, choices, run.config.generation_tokens)
+    return FactWork(index, request, choices, before)
+
+
+def _edit_record(run: BenchRun, fact: FactWork, method: str, loc: str | None, console) -> dict:
+    """One results.jsonl line: the edit's metrics, components, stages and timings, or its error."""
+    request, label = fact.request, label_for(method, loc)
+    record = {"key": str(fact.index), "index": fact.index, "case_id": request.case_id, "subject": request.subject,
+              "prompt": request.text, "old": request.old_object, "new": request.new_object,
+              "relation": request.relation, "method": method, "localizer": loc, "label": label,
+              "software": run.provenance}
+    try:
+        cfg = copy.deepcopy(run.config.edit)
+        cfg.method = method
+        components = [] if loc is None else _components(run.model, run.tokenizer, request, cfg, loc, fact.index,
+                                                        run.config, fact)
+        result = edit(run.model, run.tokenizer, request, cfg, controls=run.controls,
+                      control_baseline=run.control_baseline, components=components, references=run.references)
+        after = fact_measures(result.model, run.tokenizer, request, fact.choices, run.config.generation_tokens)
+        metrics = _bench_metrics(run, fact, result, after, loc)
+        if run.config.audit:
+            record["audit"] = audit_result(run.model, run.tokenizer, request, result, run.requests, run.controls,
+                                           run.out / "audits" / f"{fact.index}-{label}.json", fact)
+            metrics.update(record["audit"].pop("metrics"))
+        record.update({
+            "metrics": metrics,
+            "components": [c.name for c in components],
+            "stages": [s.to_dict() for s in result.outcome.stages],
+            "timings": {**result.timings, "localize_s": fact.localize_s.get(loc, 0.0)},
+            "before": {k: v for k, v in fact.before.items() if k != "generations"},
+            "generations": {"before": fact.before["generations"], "after": after["generations"]},
+            "rows": [r.to_dict() for r in result.rows if r.kind != "control"],
+        })
+    except (ValueError, RuntimeError) as exc:  # one failed edit must not sink the run
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        console.print(f"[red]fact {fact.index} {method}: {record['error']}[/]")
+    return record
+
+
+def _bench_metrics(run: BenchRun, fact: FactWork, result, after: dict, loc: str | None) -> dict:
+    """The edit's metrics with the bench's own: specificity, multiple choice, fluency, the
+    dataset's F_control, cost."""
+    metrics = dict(result.metrics)
+    metrics.update({k: v for k, v in after.items() if k not in ("generations", "mc_old_first")})
+    if run.dataset_facts:
+        metrics.update(dataset_control_retention(run.model, result.model, run.tokenizer, fact.request,
+                                                 run.dataset_facts, run.dataset_baseline, run.config.edit.evaluate))
+    metrics["perplexity"] = perplexity(result.model, run.tokenizer)
+    metrics["trainable_parameters"] = sum(s.trainable_parameters for s in result.outcome.stages)
+    metrics["steps"] = result.outcome.steps
+    metrics["seconds"] = result.timings["total_s"] + fact.localize_s.get(loc, 0.0)
+    return metrics
 
 
 def _dataset_controls(model, tokenizer, requests, selection: Selection, config: BenchConfig, meta: dict | None,
@@ -212,7 +274,7 @@ def _dataset_controls(model, tokenizer, requests, selection: Selection, config: 
 
 
 def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int, config: BenchConfig,
-                per_fact: dict) -> list[Component]:
+                fact: FactWork) -> list[Component]:
     """Localize once per fact and localizer; every method of the fact reuses the components.
 
     `random` is the localization control, not the registered `random` localizer (top_k of seeded
@@ -220,19 +282,19 @@ def _components(model, tokenizer, request, cfg: EditConfig, loc: str, index: int
     (plan.reference_localizer) picked for this fact, localized first if it has not run yet, drawn
     uniformly from every layer with a per-fact seed (plan.random_components)."""
     cfg.localize.method = loc
-    if loc in per_fact["components"]:
-        return per_fact["components"][loc]
+    if loc in fact.components:
+        return fact.components[loc]
     if loc == RANDOM_LOCALIZER:
         real = _components(model, tokenizer, request, copy.deepcopy(cfg), reference_localizer(config), index,
-                           config, per_fact)
+                           config, fact)
         tick = time.perf_counter()
         comps = random_components(model, len(real), cfg.localize.kinds, config.seed * 100_003 + index)
     else:
         tick = time.perf_counter()
         result = localize(model, tokenizer, request, cfg.localize)
         comps = result.select_by(cfg.localize, get_adapter(model).num_layers(model))
-    per_fact["components"][loc] = comps
-    per_fact["localize_s"][loc] = time.perf_counter() - tick
+    fact.components[loc] = comps
+    fact.localize_s[loc] = time.perf_counter() - tick
     return comps
 
 
