@@ -148,9 +148,9 @@ def test_each_baseline_trains_at_its_configured_lr(monkeypatch, method, module, 
     editor_module = importlib.import_module(f"circuitedit.edit.{module}")
     seen = []
 
-    def spy(name, model, tokenizer, prompts, targets, params, stage_config, *args, **kwargs):
+    def spy(name, model, tokenizer, inputs, stage_config, *args, **kwargs):
         seen.append(stage_config.lr)
-        return real(name, model, tokenizer, prompts, targets, params, stage_config, *args, **kwargs)
+        return real(name, model, tokenizer, inputs, stage_config, *args, **kwargs)
 
     real = editor_module.train_stage
     monkeypatch.setattr(editor_module, "train_stage", spy)

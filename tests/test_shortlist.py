@@ -12,7 +12,7 @@ from circuitedit.core.head import head_reductions
 from circuitedit.core.tokens import build_batch
 from circuitedit.edit.base import freeze
 from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-from circuitedit.edit.training.loop import StageConfig, train_stage
+from circuitedit.edit.training.loop import StageConfig, StageInputs, train_stage
 from circuitedit.models import MLP, Component, get_adapter
 from tiny import tiny_model
 
@@ -31,7 +31,7 @@ def test_a_shortlisted_stage_converges_on_the_full_vocabulary(top_k):
     params = list(ia3_vectors(peft_model).values())
     config = StageConfig(lr=0.1, max_steps=200, margin=1.0, shortlist_top_k=top_k, full_vocab_every=50)
     edited = peft_model.get_base_model()
-    log = train_stage("learn", edited, tokenizer, PROMPTS, ["Rome"] * 2, params, config)
+    log = train_stage("learn", edited, tokenizer, StageInputs(PROMPTS, ["Rome"] * 2, params), config)
     assert log.converged and 1 < log.steps < config.max_steps
     if top_k is None:
         assert log.full_vocab_passes == log.steps + 1

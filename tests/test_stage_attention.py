@@ -9,7 +9,7 @@ import torch
 
 from circuitedit.edit.base import freeze
 from circuitedit.edit.ia3 import attach_ia3, ia3_vectors
-from circuitedit.edit.training.loop import StageConfig, train_stage
+from circuitedit.edit.training.loop import StageConfig, StageInputs, train_stage
 from circuitedit.models import MLP, Component
 from circuitedit.models.arch import get_adapter
 from tiny import FAMILIES, tiny_model
@@ -26,7 +26,8 @@ def run_stage(model, tokenizer, attention):
     config = StageConfig(lr=0.1, max_steps=4, min_steps=4, margin=1e9, attention=attention)
     edited = peft_model.get_base_model()
     kernels = set()
-    log = train_stage("learn", edited, tokenizer, PROMPTS, ["Rome"] * 2, params, config, contexts=CONTEXTS,
+    inputs = StageInputs(PROMPTS, ["Rome"] * 2, params, contexts=CONTEXTS)
+    log = train_stage("learn", edited, tokenizer, inputs, config,
                       progress=lambda *_: kernels.add(edited.config._attn_implementation))
     return edited, log, [p.detach().clone() for p in params], kernels
 

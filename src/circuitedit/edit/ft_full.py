@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .base import EditOutcome, freeze, register
 from .finetune import ensure_fp32, ft_stage_config, unique_parameters
-from .training.loop import train_stage
+from .training.loop import StageInputs, train_stage
 
 
 @register("ft-full")
@@ -21,9 +21,8 @@ def ft_full(model, tokenizer, request, components, context, config, progress=Non
     for p in params:
         p.requires_grad_(True)
     targets = [request.new_object] * len(context.prompts)
-    log = train_stage("finetune", model, tokenizer, context.prompts, targets, params,
-                      ft_stage_config(config, config.ft_lr), context.retain, context.old_token, progress,
-                      starts_at_reference=True, contexts=context.contexts)
+    inputs = StageInputs.from_context(context, targets, params, starts_at_reference=True)
+    log = train_stage("finetune", model, tokenizer, inputs, ft_stage_config(config, config.ft_lr), progress)
     freeze(model)
     return EditOutcome(model=model, stages=[log])
 

@@ -16,7 +16,7 @@ from ..models.arch import ArchitectureAdapter, get_adapter
 from ..models.components import HEAD, Component
 from .base import EditOutcome, freeze, register
 from .finetune import ensure_fp32, ft_stage_config
-from .training.loop import train_stage
+from .training.loop import StageInputs, train_stage
 
 
 def head_masks(model: nn.Module, adapter: ArchitectureAdapter, components: Sequence[Component]) -> dict[str, torch.Tensor]:
@@ -66,9 +66,8 @@ def ft_localized(model, tokenizer, request, components, context, config, progres
                 params.append(module.bias)
                 effective += module.bias.numel()
     targets = [request.new_object] * len(context.prompts)
-    log = train_stage("finetune", model, tokenizer, context.prompts, targets, params,
-                      ft_stage_config(config, config.ft_lr), context.retain, context.old_token, progress,
-                      starts_at_reference=True, contexts=context.contexts)
+    inputs = StageInputs.from_context(context, targets, params, starts_at_reference=True)
+    log = train_stage("finetune", model, tokenizer, inputs, ft_stage_config(config, config.ft_lr), progress)
     with torch.no_grad():  # unselected heads exactly as they were (weight decay would move them)
         for name, original in originals.items():
             weight = model.get_submodule(name).weight

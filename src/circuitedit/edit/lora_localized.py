@@ -15,7 +15,7 @@ from .base import AdapterArtifact, EditOutcome, register
 from .finetune import ft_stage_config
 from .ft_localized import head_masks
 from .ia3 import merge_fp32
-from .training.loop import train_stage
+from .training.loop import StageInputs, train_stage
 
 LORA_RANK = 8
 LORA_ALPHA = 16
@@ -54,9 +54,8 @@ def lora_localized(model, tokenizer, request, components, context, config, progr
     for p in peft_model.parameters():
         p.requires_grad_(any(p is q for q in params))
     labels = [request.new_object] * len(context.prompts)
-    log = train_stage("lora", base, tokenizer, context.prompts, labels, params,
-                      ft_stage_config(config, config.lora_lr), context.retain, context.old_token, progress,
-                      starts_at_reference=True, contexts=context.contexts)
+    inputs = StageInputs.from_context(context, labels, params, starts_at_reference=True)
+    log = train_stage("lora", base, tokenizer, inputs, ft_stage_config(config, config.lora_lr), progress)
     log.trainable_parameters = effective
     artifact = AdapterArtifact.capture("lora", peft_model)
     merged = merge_fp32(peft_model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..models.arch import get_adapter
 from .base import AdapterArtifact, EditOutcome, register
 from .ia3 import attach_ia3, ia3_vectors, merge_fp32
-from .training.loop import train_stage
+from .training.loop import StageInputs, train_stage
 
 
 def ia3_stage(name, model, tokenizer, components, targets, context, stage_config, config, progress=None,
@@ -14,9 +14,8 @@ def ia3_stage(name, model, tokenizer, components, targets, context, stage_config
     adapter = get_adapter(model)
     peft_model = attach_ia3(model, adapter, components, config.mlp_scaling)
     params = list(ia3_vectors(peft_model).values())
-    log = train_stage(name, peft_model.get_base_model(), tokenizer, context.prompts, targets, params,
-                      stage_config, context.retain, context.old_token, progress, starts_at_reference,
-                      contexts=context.contexts)
+    inputs = StageInputs.from_context(context, targets, params, starts_at_reference)
+    log = train_stage(name, peft_model.get_base_model(), tokenizer, inputs, stage_config, progress)
     return peft_model, log
 
 

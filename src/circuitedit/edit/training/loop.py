@@ -11,7 +11,7 @@ number of steps.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
@@ -242,49 +242,92 @@ def attention_kernel(model: nn.Module, kernel: str | None):
         model.set_attn_implementation(previous)
 
 
-def train_stage(
-    name: str,
-    model: nn.Module,
-    tokenizer,
-    prompts: Sequence[str],
-    targets: Sequence[str],
-    params: Sequence[nn.Parameter],
-    config: StageConfig,
-    retain: RetainSet | None = None,
-    suppress_token: int | None = None,
-    progress=None,
-    starts_at_reference: bool = False,
-    contexts: Sequence[str] | None = None,
-) -> StageLog:
-    """Train `params` (already the only ones requiring grad) until the targets are reached.
+@dataclass
+class StageInputs:
+    """What one stage trains: its rows (prompts and targets), its params, and what it keeps still."""
 
-    starts_at_reference: the model is the one `retain` was recorded on, so at step 0 the retain
-    terms are zero with zero gradient, and their forward pass (most of a step) is skipped.
-    contexts: per prompt, its leading text that `config.frozen_context` runs only once.
-    """
+    prompts: Sequence[str]
+    targets: Sequence[str]  # per prompt, the text the stage teaches to follow it
+    params: Sequence[nn.Parameter]  # already the only ones requiring grad
+    retain: RetainSet | None = None  # the prompts whose next-token distribution the KL and leak terms hold
+    old_token: int | None = None  # the old object's first token, pushed down (None: no unlikelihood term)
+    contexts: Sequence[str] | None = None  # per prompt, its leading text `config.frozen_context` runs once
+    # The model is the one `retain` was recorded on, so at step 0 the retain terms are zero with
+    # zero gradient, and their forward pass (most of a step) is skipped.
+    starts_at_reference: bool = False
+
+    @classmethod
+    def from_context(cls, context, targets: Sequence[str], params: Sequence[nn.Parameter],
+                     starts_at_reference: bool = False) -> StageInputs:
+        """A stage on an editor's TrainingContext: its prompts, retain set, old token and contexts."""
+        return cls(context.prompts, targets, params, context.retain, context.old_token, context.contexts,
+                   starts_at_reference)
+
+
+def training_rows(model: nn.Module, tokenizer, inputs: StageInputs, config: StageConfig,
+                  device: torch.device) -> tuple[TeacherForcedBatch, Callable[[nn.Module], torch.Tensor]]:
+    """The stage's teacher-forced batch and the forward giving its (B, T, H) final hidden states:
+    with `config.frozen_context`, the live tokens after each prompt's context, run once now."""
+    if config.frozen_context:
+        rows = build_frozen_context_batch(tokenizer, inputs.prompts, inputs.contexts, inputs.targets, device)
+        rows.record(model)
+        return rows.live, rows.hidden
+    batch = build_batch(tokenizer, inputs.prompts, inputs.targets, device)
+    return batch, lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)
+
+
+def unlikelihood_loss(head: HeadReductions, first: torch.Tensor) -> torch.Tensor:
+    """Mean -log(1 - P(old object's first token)) where the targets' first tokens are predicted."""
+    p_old = (head.picked[first, 1] - head.lse[first]).exp()
+    return -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
+
+
+def rows_loss(head: HeadReductions, first: torch.Tensor, suppress: bool, config: StageConfig) -> torch.Tensor:
+    """The training rows' loss: the targets' cross-entropy, plus the weighted unlikelihood term."""
+    loss = target_loss(head, config)
+    if suppress and config.suppress_weight:
+        loss = loss + config.suppress_weight * unlikelihood_loss(head, first)
+    return loss
+
+
+def may_stop(reached: bool, step: int, config: StageConfig) -> bool:
+    return (reached and step >= config.min_steps) or step == config.max_steps
+
+
+def take_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, retain_term: RetainTerm, model: nn.Module,
+              params: Sequence[nn.Parameter], step: int, config: StageConfig) -> float:
+    """One optimizer step on `loss` plus the retain terms; returns the step's total loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    retained = retain_term.add_gradient(model)
+    if step == 0 and config.unit_fraction is not None:
+        restrict_to_top_units(params, config.unit_fraction)
+    optimizer.step()
+    return float(loss.detach()) + retained
+
+
+def train_stage(name: str, model: nn.Module, tokenizer, inputs: StageInputs, config: StageConfig,
+                progress=None) -> StageLog:
+    """Train `inputs.params` until the targets are reached (or `config.max_steps`);
+    `progress(name, step, loss)` after each step."""
+    params = inputs.params
+    suppress = inputs.old_token is not None
     with attention_kernel(model, config.attention):
         start = time.perf_counter()
         log = StageLog(name, trainable_parameters=sum(p.numel() for p in params))
         device = input_device(model)
-        if config.frozen_context:
-            rows = build_frozen_context_batch(tokenizer, prompts, contexts, targets, device)
-            rows.record(model)
-            batch: TeacherForcedBatch = rows.live
-            forward = rows.hidden
-        else:
-            batch = build_batch(tokenizer, prompts, targets, device)
-            forward = lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)  # noqa: E731
+        batch, forward = training_rows(model, tokenizer, inputs, config, device)
         first_positions = batch.positions == batch.last_positions[batch.owners]  # first target token of each example
         watched = batch.targets[first_positions].unique()  # the targets' first tokens, kept off the retain prompts
         optimizer = torch.optim.Adam(params, lr=config.lr, betas=(config.beta1, config.beta2),
                                      weight_decay=config.weight_decay)
-        retain_term = RetainTerm(retain, config, params, watched if config.leak_weight else None)
-        if starts_at_reference:
+        retain_term = RetainTerm(inputs.retain, config, params, watched if config.leak_weight else None)
+        if inputs.starts_at_reference:
             retain_term.known_zero()
         model.train(False)  # no dropout: edits must be deterministic
         targets_dev = batch.targets.to(device)
-        pick = targets_dev[:, None] if suppress_token is None else torch.stack(
-            [targets_dev, torch.full_like(targets_dev, suppress_token)], 1)  # (N, 1 or 2): target, old object
+        pick = targets_dev[:, None] if not suppress else torch.stack(
+            [targets_dev, torch.full_like(targets_dev, inputs.old_token)], 1)  # (N, 1 or 2): target, old object
         shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
                                       config.shortlist_tail_sample)
         for step in range(config.max_steps + 1):
@@ -292,23 +335,14 @@ def train_stage(
             selected = hidden[batch.rows.to(hidden.device), batch.positions.to(hidden.device)]  # (N, H)
             head, exact = shortlisted(selected)
             first = first_positions.to(head.lse.device)
-            reached = targets_reached(head, first, suppress_token is not None, config)
-            if not exact and ((reached and step >= config.min_steps) or step == config.max_steps):
-                reached = targets_reached(shortlisted.full(selected), first, suppress_token is not None, config)
-            if (reached and step >= config.min_steps) or step == config.max_steps:
+            reached = targets_reached(head, first, suppress, config)
+            if not exact and may_stop(reached, step, config):  # a shortlist's verdict, checked on every token
+                reached = targets_reached(shortlisted.full(selected), first, suppress, config)
+            if may_stop(reached, step, config):
                 log.converged = reached
                 break
-            loss = target_loss(head, config)
-            if suppress_token is not None and config.suppress_weight:
-                p_old = (head.picked[first, 1] - head.lse[first]).exp()
-                loss = loss + config.suppress_weight * -torch.log1p(-p_old.clamp(max=1 - 1e-6)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            retained = retain_term.add_gradient(model)
-            if step == 0 and config.unit_fraction is not None:
-                restrict_to_top_units(params, config.unit_fraction)
-            optimizer.step()
-            total = float(loss.detach()) + retained
+            total = take_step(rows_loss(head, first, suppress, config), optimizer, retain_term, model, params,
+                              step, config)
             log.losses.append(total)
             log.steps = step + 1
             if progress is not None:
