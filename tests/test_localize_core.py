@@ -11,8 +11,7 @@ from circuitedit import EditRequest
 from circuitedit.localize import LocalizationError, LocalizationResult, LocalizeConfig, localize
 from circuitedit.localize.attribution import attribution_scores
 from circuitedit.localize.base import ComponentScore
-from circuitedit.localize.corruption import subject_token_positions
-from circuitedit.localize.setup import localization_setups
+from circuitedit.localize.corruption import localization_setups, subject_token_positions
 from circuitedit.models import HEAD, MLP, Component, get_adapter
 from circuitedit.models.components import all_components
 from circuitedit.models.hooks import site_hooks
@@ -31,9 +30,9 @@ NOISE_REQUEST = dict(subject="Foo Bar Baz Qux Foo Bar Baz", prompt="{} is locate
 
 @pytest.fixture
 def pinned_pool(monkeypatch):
-    import circuitedit.localize.setup as prompts
+    import circuitedit.localize.corruption as corruption
 
-    monkeypatch.setattr(prompts, "subject_pool", lambda: list(POOL))
+    monkeypatch.setattr(corruption, "subject_pool", lambda: list(POOL))
 
 
 def _spearman(model, tokenizer, request) -> tuple[float, LocalizationResult, LocalizationResult]:
@@ -82,7 +81,7 @@ def test_attribution_is_the_exact_first_order_term(family, eiffel, pinned_pool):
     model = model.double()
     adapter = get_adapter(model)
     setup = localization_setups(model, tokenizer, eiffel, LocalizeConfig())[0]
-    scores = {(s.component, s.position): s.score for s in attribution_scores(model, adapter, setup)}
+    scores = {(s.component, s.position): s.score for s in attribution_scores(model, adapter, setup).scores}
     assert max(abs(v) for v in scores.values()) > 1e-2  # not trivially all zero
     acts: dict = {"clean": {}, "corrupt": {}}
     with torch.no_grad():

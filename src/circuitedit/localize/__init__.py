@@ -1,6 +1,7 @@
 """Localizers: rank the components that carry a fact; one file per method, holding only its
-scoring, behind the protocol of `base.py`. Add one by adding a file and a line here. May import
-`data`, `models` and `core`."""
+scoring, behind the protocol of `base.py`; `corruption.py` builds the prompts they score (and
+their corrupted twins), `runner.py` runs a per-prompt scoring over them. Add one by adding a file
+and a line here. May import `data`, `models` and `core`."""
 
 from . import (  # noqa: F401  (registration side effect: one line per localizer)
     activation,

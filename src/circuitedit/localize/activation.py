@@ -4,20 +4,17 @@ batched."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ..models.arch import get_adapter
 from ..models.components import HEAD
 from ..models.hooks import row_patcher, site_hooks
-from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
+from .base import ComponentScore, LocalizationResult, LocalizeConfig, register
 from .corruption import PatchingSetup
-from .setup import localization_setups
+from .runner import PromptScores, run_per_prompt
 
 
 @torch.no_grad()
-def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size: int = 32) -> tuple[list[ComponentScore], int]:
+def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size: int = 32) -> PromptScores:
     corrupt_acts: dict = {}
 
     def capture(site, act):
@@ -49,17 +46,9 @@ def activation_patching_scores(model, adapter, setup: PatchingSetup, batch_size:
         passes += 1
         for (comp, group, *_), value in zip(chunk, metrics.tolist(), strict=True):
             scores.append(ComponentScore(comp, group, value - clean_metric))
-    return scores, passes
+    return PromptScores(scores, passes)
 
 
 @register("activation", reads_scan=True)
 def activation(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
-    start = time.perf_counter()
-    adapter = get_adapter(model)
-    setups = localization_setups(model, tokenizer, request, config, scan)
-    results = [activation_patching_scores(model, adapter, s) for s in setups]
-    return LocalizationResult(
-        method="activation", scores=mean_over_prompts([r[0] for r in results]),
-        passes=sum(r[1] for r in results), seconds=time.perf_counter() - start,
-        corruption="; ".join(s.corruption for s in setups), details={"prompts": len(setups)},
-    )
+    return run_per_prompt("activation", model, tokenizer, request, config, activation_patching_scores, scan=scan)

@@ -6,18 +6,31 @@ clean forward+backward and one corrupted forward (Nanda 2023; Syed et al. 2023).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from ..models.arch import get_adapter
-from ..models.hooks import site_hooks
-from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .corruption import PatchingSetup, site_components, site_width_split
-from .setup import localization_setups
+from ..models.components import HEAD, MLP, Component
+from ..models.hooks import Site, site_hooks
+from .base import ComponentScore, LocalizationResult, LocalizeConfig, register
+from .corruption import PatchingSetup
+from .runner import PromptScores, run_per_prompt
 
 
-def attribution_scores(model, adapter, setup: PatchingSetup) -> list[ComponentScore]:
+def site_width_split(comp_site: Site, act: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Reshape a site's activation (..., D) into per-component parts (..., C, D/C)."""
+    if comp_site[1] == HEAD:
+        return act.reshape(*act.shape[:-1], num_heads, act.shape[-1] // num_heads)
+    return act.unsqueeze(-2)
+
+
+def site_components(site: Site, num_heads: int) -> list[Component]:
+    layer, kind = site
+    if kind == HEAD:
+        return [Component(layer, HEAD, h) for h in range(num_heads)]
+    return [Component(layer, MLP)]
+
+
+def attribution_scores(model, adapter, setup: PatchingSetup) -> PromptScores:
+    """Every component's score on one setup: one clean forward+backward, one corrupted forward."""
     num_heads = adapter.num_heads(model)
     clean_acts: dict = {}
     deltas: dict = {}
@@ -50,17 +63,9 @@ def attribution_scores(model, adapter, setup: PatchingSetup) -> list[ComponentSc
             values = per_comp[positions].sum(0)
             for comp, value in zip(site_components(site, num_heads), values.tolist(), strict=True):
                 scores.append(ComponentScore(comp, group, value))
-    return scores
+    return PromptScores(scores, passes=3)
 
 
 @register("attribution", reads_scan=True)
 def attribution(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
-    start = time.perf_counter()
-    adapter = get_adapter(model)
-    setups = localization_setups(model, tokenizer, request, config, scan)
-    per_prompt = [attribution_scores(model, adapter, s) for s in setups]
-    return LocalizationResult(
-        method="attribution", scores=mean_over_prompts(per_prompt), passes=3 * len(setups),
-        seconds=time.perf_counter() - start, corruption="; ".join(s.corruption for s in setups),
-        details={"prompts": len(setups)},
-    )
+    return run_per_prompt("attribution", model, tokenizer, request, config, attribution_scores, scan=scan)

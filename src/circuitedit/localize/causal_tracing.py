@@ -13,21 +13,15 @@ attention (the ROME picture) of the edit prompt go to `details["trace"]`.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from ..core.forward import hidden_states, logits_from_hidden
-from ..models.arch import get_adapter
 from ..models.components import HEAD, MLP, Component
 from ..models.hooks import layer_output_hooks, row_patcher, site_hooks
-from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .corruption import (
-    FactPrompt,
-    fact_prompts,
-    subject_noise,
-)
+from .base import ComponentScore, LocalizationResult, LocalizeConfig, register
+from .corruption import FactPrompt
+from .runner import NOISED, PromptScores, run_per_prompt
 
 BATCH_SIZE = 32
 HIDDEN = "hidden"
@@ -42,8 +36,8 @@ def answer_prob(model: nn.Module, prompt: FactPrompt, ids: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZE) -> tuple[list[ComponentScore], dict, int]:
-    """Restore every (site, token) of one prompt; component scores, the trace, passes spent."""
+def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZE) -> PromptScores:
+    """Restore every (site, token) of one prompt; component scores, passes spent, the trace."""
     num_layers, num_heads = adapter.num_layers(model), adapter.num_heads(model)
     width = adapter.head_dim(model)
     clean_sites: dict = {}
@@ -57,7 +51,7 @@ def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZ
 
     with site_hooks(model, adapter, capture_site), layer_output_hooks(model, adapter, capture_hidden):
         p_clean = answer_prob(model, prompt, prompt.ids)[0].item()
-    with subject_noise(model, prompt.subject_positions, prompt.noise):
+    with prompt.noised(model):
         p_corrupt = answer_prob(model, prompt, prompt.ids)[0].item()
     passes = 2
 
@@ -94,7 +88,7 @@ def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZ
             return hidden
 
         ids = prompt.ids.expand(len(chunk), -1)
-        with subject_noise(model, prompt.subject_positions, prompt.noise), \
+        with prompt.noised(model), \
                 site_hooks(model, adapter, restore_site), layer_output_hooks(model, adapter, restore_hidden):
             probs = answer_prob(model, prompt, ids)
         passes += 1
@@ -114,24 +108,19 @@ def trace_prompt(model, adapter, prompt: FactPrompt, batch_size: int = BATCH_SIZ
         **{what: [[effects[(what, layer, None, p)] for p in positions] for layer in range(num_layers)]
            for what in (HIDDEN, MLP, ATTN)},
     }
-    return scores, trace, passes
+    return PromptScores(scores, passes, trace)
 
 
 @register("causal-tracing")
 def causal_tracing(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
-    start = time.perf_counter()
-    adapter = get_adapter(model)
-    prompts = fact_prompts(model, tokenizer, request, config, noise=True)
-    results = [trace_prompt(model, adapter, p) for p in prompts]
-    trace = results[0][1]
-    ids = prompts[0].ids[0].tolist()
-    trace["tokens"] = [tokenizer.decode([ids[p]]) for p in trace["positions"]]
-    trace["prompt"] = request.fill(prompts[0].template)
-    return LocalizationResult(
-        method="causal-tracing", scores=mean_over_prompts([r[0] for r in results]),
-        passes=sum(r[2] for r in results), seconds=time.perf_counter() - start,
-        corruption=f"subject noise x{config.noise_scale} embedding std (seed {config.seed})",
-        details={"prompts": len(prompts), "metric": "p(old object) restored - corrupted",
-                 "p_clean": [r[1]["p_clean"] for r in results],
-                 "p_corrupt": [r[1]["p_corrupt"] for r in results], "trace": trace},
-    )
+    def details(prompts: list[FactPrompt], traces: list[dict]) -> dict:
+        trace = traces[0]  # the edit prompt's, with its tokens
+        ids = prompts[0].ids[0].tolist()
+        trace["tokens"] = [tokenizer.decode([ids[p]]) for p in trace["positions"]]
+        trace["prompt"] = request.fill(prompts[0].template)
+        return {"metric": "p(old object) restored - corrupted", "p_clean": [t["p_clean"] for t in traces],
+                "p_corrupt": [t["p_corrupt"] for t in traces], "trace": trace}
+
+    return run_per_prompt("causal-tracing", model, tokenizer, request, config, trace_prompt, prompts=NOISED,
+                          corruption=f"subject noise x{config.noise_scale} embedding std (seed {config.seed})",
+                          details=details)

@@ -5,7 +5,7 @@ of the early-to-middle layers at the subject's tokens, and later moved to the la
 Only MLPs are scored, and only those of the first `EARLY_FRACTION` of the layers:
 - score (the ranking): the drop of log p(old object) at the last token when the MLP's output at
   the subject positions is patched with its value from the corrupted run (subject swap, or noise
-  when no swap subject fits; see prompts.localization_setups);
+  when no swap subject fits; see corruption.localization_setups);
 - details["logit_lens"]: how much the MLP raises the old object's logit-lens log-probability in
   the residual stream at the subject's last token (final norm + unembedding of the stream after
   the layer minus before it), a probe-free reading of "where the attribute is extracted".
@@ -14,7 +14,7 @@ Only MLPs are scored, and only those of the first `EARLY_FRACTION` of the layers
 from __future__ import annotations
 
 import math
-import time
+from functools import partial
 
 import torch
 from torch import nn
@@ -23,9 +23,9 @@ from ..core.forward import body, hidden_states, logits_from_hidden
 from ..models.arch import get_adapter
 from ..models.components import MLP, Component
 from ..models.hooks import layer_output_hooks, site_hooks
-from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .corruption import PatchingSetup, subject_noise
-from .setup import localization_setups
+from .base import ComponentScore, LocalizationResult, LocalizeConfig, register
+from .corruption import PatchingSetup
+from .runner import PromptScores, run_per_prompt
 
 EARLY_FRACTION = 2 / 3  # early-to-middle layers: the first two thirds of the stack
 
@@ -43,14 +43,15 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 
 
 def answer_logprob(model: nn.Module, setup: PatchingSetup, ids: torch.Tensor, corrupted: bool = False) -> torch.Tensor:
-    with subject_noise(model, setup.subject_positions, setup.noise if corrupted else None):
+    with setup.noised(model, corrupted):
         hidden = hidden_states(model, ids, torch.ones_like(ids))
     logits = logits_from_hidden(model, hidden[:, setup.last_position])
     return torch.log_softmax(logits, dim=-1)[:, setup.answer_token]
 
 
 @torch.no_grad()
-def lookup_scores(model, adapter, setup: PatchingSetup, layers: list[int]) -> tuple[list[ComponentScore], list[float], int]:
+def lookup_scores(model, adapter, setup: PatchingSetup, layers: list[int]) -> PromptScores:
+    """The MLPs of `layers` scored on one setup; extra: the logit-lens gain of every layer."""
     corrupt: dict = {}
 
     def capture(site, act):
@@ -94,22 +95,17 @@ def lookup_scores(model, adapter, setup: PatchingSetup, layers: list[int]) -> tu
     passes += 1
     scores = [ComponentScore(Component(layer, MLP), "subject", clean - value)
               for layer, value in zip(layers, patched.tolist(), strict=True)]
-    return scores, lens, passes
+    return PromptScores(scores, passes, lens)
 
 
 @register("fact-lookup", reads_scan=True)
 def fact_lookup(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
-    start = time.perf_counter()
-    adapter = get_adapter(model)
-    layers = lookup_layers(adapter.num_layers(model))
-    setups = localization_setups(model, tokenizer, request, config, scan)
-    results = [lookup_scores(model, adapter, s, layers) for s in setups]
-    lens = [sum(col) / len(col) for col in zip(*(r[1] for r in results), strict=True)] if results[0][1] else []
-    return LocalizationResult(
-        method="fact-lookup", scores=mean_over_prompts([r[0] for r in results]),
-        passes=sum(r[2] for r in results), seconds=time.perf_counter() - start,
-        corruption="; ".join(s.corruption for s in setups),
-        details={"prompts": len(setups), "layers": layers,
-                 "metric": "log p(old) clean - with the MLP's subject-position output corrupted",
-                 "logit_lens": lens},
-    )
+    layers = lookup_layers(get_adapter(model).num_layers(model))
+
+    def details(_setups, lenses: list[list[float]]) -> dict:
+        lens = [sum(col) / len(col) for col in zip(*lenses, strict=True)] if lenses[0] else []
+        return {"layers": layers, "metric": "log p(old) clean - with the MLP's subject-position output corrupted",
+                "logit_lens": lens}
+
+    return run_per_prompt("fact-lookup", model, tokenizer, request, config, partial(lookup_scores, layers=layers),
+                          scan=scan, details=details)

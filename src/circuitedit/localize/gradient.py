@@ -9,7 +9,6 @@ One forward and one backward pass per prompt, no corrupted run.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,10 +16,10 @@ import torch
 from torch import nn
 
 from ..core.forward import hidden_states, logits_from_hidden
-from ..models.arch import get_adapter
 from ..models.components import HEAD, MLP, Component
-from .base import ComponentScore, LocalizationResult, LocalizeConfig, mean_over_prompts, register
-from .corruption import FactPrompt, fact_prompts
+from .base import ComponentScore, LocalizationResult, LocalizeConfig, register
+from .corruption import FactPrompt
+from .runner import CLEAN, PromptScores, run_per_prompt
 
 
 @contextmanager
@@ -46,7 +45,7 @@ def scaled_inputs(model: nn.Module, adapter, scales: dict) -> Iterator[None]:
             handle.remove()
 
 
-def gradient_scores(model, adapter, prompt: FactPrompt) -> list[ComponentScore]:
+def gradient_scores(model, adapter, prompt: FactPrompt) -> PromptScores:
     num_heads = adapter.num_heads(model)
     scales: dict = {}
     with torch.enable_grad(), scaled_inputs(model, adapter, scales):
@@ -65,17 +64,11 @@ def gradient_scores(model, adapter, prompt: FactPrompt) -> list[ComponentScore]:
                 scores.extend(ComponentScore(Component(layer, HEAD, h), group, n) for h, n in enumerate(norms))
             else:
                 scores.append(ComponentScore(Component(layer, MLP), group, summed.norm().item()))
-    return scores
+    return PromptScores(scores, passes=2)
 
 
 @register("gradient")
 def gradient(model, tokenizer, request, config: LocalizeConfig, scan=None) -> LocalizationResult:
-    start = time.perf_counter()
-    adapter = get_adapter(model)
-    prompts = fact_prompts(model, tokenizer, request, config, noise=False)
-    per_prompt = [gradient_scores(model, adapter, p) for p in prompts]
-    return LocalizationResult(
-        method="gradient", scores=mean_over_prompts(per_prompt), passes=2 * len(prompts),
-        seconds=time.perf_counter() - start, corruption="none (clean gradient)",
-        details={"prompts": len(prompts), "metric": "||d(-log p(old)) / d IA3 scale||"},
-    )
+    return run_per_prompt("gradient", model, tokenizer, request, config, gradient_scores, prompts=CLEAN,
+                          corruption="none (clean gradient)",
+                          details=lambda _prompts, _extras: {"metric": "||d(-log p(old)) / d IA3 scale||"})
