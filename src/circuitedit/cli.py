@@ -218,33 +218,15 @@ def cmd_ask(args, console: Console) -> int:
 UNUSED_NEW_OBJECT = "(no new object: localization only)"
 
 
-def ranked_rows(result, kinds: str = "both", positions: str = "all", max_layer: int | None = None) -> list[dict]:
-    """One row per component, ranked as the selection ranks them: the position group (of those
-    counted) of its largest |score|, signed."""
-    best: dict = {}
-    for item in result.scores:
-        if item.counts_for(positions) and (item.component not in best or abs(item.score) > abs(best[item.component].score)):
-            best[item.component] = item
-    return [{**best[comp].to_dict(), "rank": rank}
-            for rank, (comp, _score) in enumerate(result.ranked(kinds, positions, max_layer), 1)]
-
-
 def cmd_localize(args, console: Console) -> int:
-    from dataclasses import asdict
-
     from rich.table import Table
 
-    from .core.files import atomic_directory, check_output_target, write_json
-    from .core.generate import greedy_continuations
-    from .core.matching import contains_object
+    from .core.files import check_output_target
     from .core.reference_cache import ReferenceCache
     from .data.requests import EditRequest
-    from .localize import get_localizer, localize
     from .models import load_model
-    from .models.arch import get_adapter
-    from .render.plots import causal_trace_figure, localization_heatmap
+    from .workflows.localization import localize_request, write_localization
     from .workflows.outputs import LOCALIZATION_FILE
-    from .workflows.pipeline import preloads_template_scan, template_scan
 
     missing = [flag for flag, value in (("--subject", args.subject), ("--prompt", args.prompt),
                                          ("--old", args.old)) if not value]
@@ -253,51 +235,25 @@ def cmd_localize(args, console: Console) -> int:
     # The edit's config with the command's flags on top: `localize` selects what `edit` would train.
     edit_config = config_with_selection_flags(args)
     edit_config.validate()  # an unknown localizer or a bad value fails here, before the model loads
-    config = edit_config.localize
     request = EditRequest(subject=args.subject, prompt=args.prompt, old_object=args.old,
                           new_object=UNUSED_NEW_OBJECT, paraphrases=args.paraphrase or [])
     if args.out is not None:
         check_output_target(args.out, LOCALIZATION_FILE)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    adapter = get_adapter(loaded.model)
-    num_layers = adapter.num_layers(loaded.model)
-    scan = None
-    if get_localizer(config.method).reads_scan and preloads_template_scan(edit_config):
-        # The same scan an edit reads, so the corrupting subject is the one an edit would pick
-        # (and an edit of this template afterwards reads it back from the cache).
-        references = None if args.no_reference_cache else ReferenceCache.default().for_model(loaded.model)
-        scan = template_scan(loaded.model, loaded.tokenizer, request, references)
-    result = localize(loaded.model, loaded.tokenizer, request, config, scan)
-    # As the edit checks it: does the unedited model state the old object on this prompt?
-    said = greedy_continuations(loaded.model, loaded.tokenizer, [request.text], edit_config.evaluate.max_new_tokens)[0]
-    selected = result.select_by(config, num_layers)
-    rows = ranked_rows(result, config.kinds, config.positions, config.max_layer(num_layers))
-    chosen = {c.name for c in selected}
-    data = {
-        "model": loaded.name, "subject": request.subject, "prompt": request.text, "old_object": request.old_object,
-        "paraphrases": [request.fill(p) for p in request.paraphrases], "localizer": config.method,
-        "config": asdict(config),
-        "num_layers": num_layers, "num_heads": adapter.num_heads(loaded.model),
-        "selected": [c.name for c in selected], "ranked": rows, "localization": result.to_dict(),
-        "continuation": said, "old_object_given": contains_object(said, request.old_object),
-    }
+    references = None if args.no_reference_cache else ReferenceCache.default()
+    localization = localize_request(loaded.model, loaded.tokenizer, request, edit_config, references, loaded.name)
+    data, result = localization.data, localization.result
     if args.out is not None:
-        with atomic_directory(args.out, marker=LOCALIZATION_FILE) as tmp:
-            write_json(tmp / LOCALIZATION_FILE, data)
-            title = f"{config.method}: {request.text} -> {request.old_object}  [{loaded.name}]"
-            localization_heatmap(result, tmp / "heatmap.png", num_layers=data["num_layers"],
-                                 num_heads=data["num_heads"], selected=selected, title=title)
-            if "trace" in result.details:
-                causal_trace_figure(result.details["trace"], tmp / "causal_trace.png", title=title)
-        data["out"] = str(args.out)
+        write_localization(localization, args.out)
     if args.json:
         print(json.dumps(data, default=str))
         return 0
-    table = Table(title=f"{config.method} localization of {request.text!r} -> {request.old_object!r} "
+    rows, chosen = data["ranked"], set(data["selected"])
+    table = Table(title=f"{data['localizer']} localization of {request.text!r} -> {request.old_object!r} "
                         f"({result.passes} passes, {result.seconds:.1f} s)")
     for col in ("rank", "component", "layer", "kind", "head", "position", "score", "selected"):
         table.add_column(col, justify="right" if col in ("rank", "layer", "head", "score") else "left")
-    limit = max(args.rows, len(selected))
+    limit = max(args.rows, len(chosen))
     for row in rows[:limit]:
         table.add_row(str(row["rank"]), row["component"], str(row["layer"]), row["kind"],
                       "-" if row["head"] is None else str(row["head"]), row["position"], f"{row['score']:.4g}",
@@ -308,8 +264,8 @@ def cmd_localize(args, console: Console) -> int:
     if result.corruption:
         console.print(f"corruption: {result.corruption}")
     if not data["old_object_given"]:
-        console.print(f"[yellow]note:[/] the model continues {said.strip()[:40]!r}, not {request.old_object!r}: "
-                      "these scores rank what moves a fact it does not state")
+        console.print(f"[yellow]note:[/] the model continues {data['continuation'].strip()[:40]!r}, not "
+                      f"{request.old_object!r}: these scores rank what moves a fact it does not state")
     if args.out is not None:
         console.print(f"wrote {args.out / 'localization.json'} and {args.out / 'heatmap.png'}")
     return 0
