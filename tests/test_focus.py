@@ -32,5 +32,5 @@ def test_unfocused_loss_is_the_mean_cross_entropy_and_a_negative_slack_is_refuse
     targets = torch.tensor([0, 0])
     expected = torch.nn.functional.cross_entropy(logits, targets)
     assert float(target_loss(head_of(logits, targets), StageConfig())) == pytest.approx(float(expected))
-    with pytest.raises(ValueError, match="editor.learn.focus_slack"):
-        StageConfig(focus_slack=-1.0).validate("learn")
+    with pytest.raises(ValueError, match=r"^stage\.focus_slack: must be null or at least 0"):
+        StageConfig(focus_slack=-1.0)

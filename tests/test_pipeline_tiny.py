@@ -173,8 +173,8 @@ def test_the_default_config_is_valid():
         (lambda c: setattr(c.editor.unlearn, "max_steps", 0), "editor.unlearn.max_steps"),
         (lambda c: setattr(c.editor.learn, "min_steps", 99), "editor.learn.min_steps"),
         (lambda c: setattr(c.editor.learn, "kl_weight", -1.0), "editor.learn.kl_weight"),
-        (lambda c: setattr(c.editor.unlearn, "beta2", 1.0), "beta1 and beta2"),
-        (lambda c: setattr(c.evaluate, "max_new_tokens", 0), "evaluate:"),
+        (lambda c: setattr(c.editor.unlearn, "beta2", 1.0), "editor.unlearn.beta2"),
+        (lambda c: setattr(c.evaluate, "max_new_tokens", 0), "evaluate.max_new_tokens"),
     ],
 )
 def test_edit_rejects_an_invalid_config_before_touching_the_model(change, expected):

@@ -33,31 +33,49 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
+def config_help(config_class: type, name: str, extra: str = "", *, with_default: bool = False) -> str:
+    """A flag's help: the one line of help of the config field it sets (`field_help`), then
+    `extra`; escaped for argparse."""
+    from .core.config import field_help
+
+    return (field_help(config_class, name, with_default=with_default) + extra).replace("%", "%%")
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="HF id, local path, or alias (default: embedded gemma3-270m; also smollm2)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 where the hardware is fast at it), fp32, bf16")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when present)")
+    from .workflows.bench.config import BenchConfig
+
+    parser.add_argument("--model", default=None, help=config_help(BenchConfig, "model"))
+    parser.add_argument("--dtype", default="auto", help=config_help(BenchConfig, "dtype"))
+    parser.add_argument("--device", default=None, help=config_help(BenchConfig, "device"))
 
 
 def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    from .localize import LocalizeConfig
+
     parser.add_argument("--kinds", choices=["both", "heads", "mlps"], default=None,
-                        help="which components to rank and select (default mlps: what an edit trains)")
+                        help=config_help(LocalizeConfig, "kinds", with_default=True))
     parser.add_argument("--positions", choices=["subject", "last", "all"], default=None,
-                        help="rank components by their effect at these tokens (default subject)")
+                        help=config_help(LocalizeConfig, "positions", with_default=True))
+
+
+LOCALIZER_NAMES = ": attribution (default), activation, causal-tracing, fact-lookup, gradient, random, all-layers"
 
 
 def add_edit_args(parser: argparse.ArgumentParser) -> None:
+    from .edit import EditorConfig
+    from .localize import LocalizeConfig
+    from .workflows.pipeline import EditConfig
+
     add_model_args(parser)
-    parser.add_argument("--top-k", type=int, default=None, help="number of components to edit")
+    parser.add_argument("--top-k", type=int, default=None, help=config_help(LocalizeConfig, "top_k", with_default=True))
     add_selection_args(parser)
-    parser.add_argument("--localizer", default=None,
-                        help="attribution (default), activation, causal-tracing, fact-lookup, gradient, random, "
-                             "all-layers")
+    parser.add_argument("--localizer", default=None, help=config_help(LocalizeConfig, "method", LOCALIZER_NAMES))
     parser.add_argument("--method", default=None,
-                        help="unlearn-then-learn (default), learn-only, ia3-all-layers, lora-localized, "
-                             "ft-localized, ft-full, none")
+                        help=config_help(EditConfig, "method", ": unlearn-then-learn (default), learn-only, "
+                                         "ia3-all-layers, lora-localized, ft-localized, ft-full, none"))
     parser.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help=f"{config_help(LocalizeConfig, 'seed')}; {config_help(EditorConfig, 'seed')}")
     parser.add_argument("--keep-adapter", action="store_true", help="keep the stage-2 adapter unmerged")
     parser.add_argument("--out", type=Path, default=None, help="write edit.json, adapters (and --save-model) here")
     parser.add_argument("--save-model", action="store_true", help="also write the edited model under OUT/model")
@@ -349,6 +367,10 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .audit.run import AuditConfig
+    from .localize import LocalizeConfig
+    from .workflows.bench.config import BenchConfig
+
     parser = OneLineErrorParser(prog="circuitedit", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -390,14 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="cloze prompt with {} / {subject} or the subject verbatim")
     p.add_argument("--old", help="the object the model gives now")
     p.add_argument("--paraphrase", action="append", help="another phrasing scored too (repeatable)")
-    p.add_argument("--localizer", default=None,
-                   help="attribution (default), activation, causal-tracing, fact-lookup, gradient, random, all-layers")
+    p.add_argument("--localizer", default=None, help=config_help(LocalizeConfig, "method", LOCALIZER_NAMES))
     p.add_argument("--config", type=Path, default=None,
                    help="a saved EditConfig (JSON or YAML): select by its localize section")
-    p.add_argument("--top-k", type=int, default=None, help="components to select (default 8)")
-    p.add_argument("--fraction", type=float, default=None, help="instead: smallest set carrying this share of |effect|")
+    p.add_argument("--top-k", type=int, default=None, help=config_help(LocalizeConfig, "top_k", with_default=True))
+    p.add_argument("--fraction", type=float, default=None, help=config_help(LocalizeConfig, "fraction"))
     add_selection_args(p)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help=config_help(LocalizeConfig, "seed"))
     p.add_argument("--no-reference-cache", action="store_true",
                    help="rescan the template instead of reading the scan from $CIRCUITEDIT_CACHE/references")
     p.add_argument("--rows", type=int, default=20, help="table rows to print (default 20)")
@@ -407,28 +428,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_localize)
 
     p = sub.add_parser("bench", help="benchmark editing methods on many facts (single-edit protocol)")
-    p.add_argument("--data", type=Path, default=None, help="fact data set file")
+    p.add_argument("--data", type=Path, default=None, help=config_help(BenchConfig, "data"))
     p.add_argument("--format", default="counterfact-rome",
-                   choices=["counterfact", "counterfact-rome", "sports", "zsre", "jsonl"])
-    p.add_argument("--n", type=int, default=20, help="facts to edit (known facts, in file order)")
+                   choices=["counterfact", "counterfact-rome", "sports", "zsre", "jsonl"],
+                   help=config_help(BenchConfig, "fmt", with_default=True))
+    p.add_argument("--n", type=int, default=20, help=config_help(BenchConfig, "n", with_default=True))
     p.add_argument("--methods", default="none,unlearn-then-learn,learn-only,ia3-all-layers,ft-full,ft-localized,lora-localized",
-                   help="comma-separated editors")
+                   help=config_help(BenchConfig, "methods", ", comma-separated"))
     p.add_argument("--localizer", default="attribution",
-                   help="comma-separated localizers for the localized methods; 'random' is the control")
-    p.add_argument("--out", type=Path, default=Path("bench"), help="results.jsonl, summary.{json,md,png}")
+                   help=config_help(BenchConfig, "localizers", ", comma-separated"))
+    p.add_argument("--out", type=Path, default=Path("bench"), help=config_help(BenchConfig, "out", with_default=True))
     p.add_argument("--resume", action="store_true", help="keep OUT/results.jsonl and skip finished edits")
     p.add_argument("--summarize", action="store_true",
                    help="only rewrite OUT/summary.* from OUT/results.jsonl (no model, no edits)")
-    p.add_argument("--keep-unknown", action="store_true", help="skip the knows-the-fact filter")
-    p.add_argument("--max-scan", type=int, default=None, help="scan at most this many records for known facts")
-    p.add_argument("--controls", type=Path, default=None, help="JSONL control facts (default: built-in)")
-    p.add_argument("--generation-tokens", type=int, default=40, help="length of the fluency generations")
+    p.add_argument("--keep-unknown", action="store_true", help=config_help(BenchConfig, "keep_unknown"))
+    p.add_argument("--max-scan", type=int, default=None, help=config_help(BenchConfig, "max_scan"))
+    p.add_argument("--controls", type=Path, default=None, help=config_help(BenchConfig, "controls"))
+    p.add_argument("--generation-tokens", type=int, default=40,
+                   help=config_help(BenchConfig, "generation_tokens", with_default=True))
     p.add_argument("--audit", action="store_true",
-                   help="audit every edit (soft/hard forgetting verdict; OUT/audits/*.json), ~50 s per edit")
-    p.add_argument("--top-k", type=int, default=None, help="number of components to edit")
+                   help=config_help(BenchConfig, "audit", "; OUT/audits/*.json, ~50 s per edit"))
+    p.add_argument("--top-k", type=int, default=None, help=config_help(LocalizeConfig, "top_k", with_default=True))
     add_selection_args(p)
     p.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help=config_help(BenchConfig, "seed"))
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
     add_model_args(p)
     p.set_defaults(func=cmd_bench)
@@ -436,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="is the old fact gone or hidden? latent probes, indirect prompts, relearning")
     p.add_argument("--edit", type=Path, required=True, help="an `edit --out` directory (edit.json + adapters)")
     p.add_argument("--out", type=Path, default=None, help="write audit.json and audit.md here (default: --edit)")
-    p.add_argument("--relearn-steps", type=int, default=None, help="Adam steps of each relearning attack (default 10)")
-    p.add_argument("--no-relearn", action="store_true", help="skip the relearning attack")
+    p.add_argument("--relearn-steps", type=int, default=None,
+                   help=config_help(AuditConfig, "relearn_steps", with_default=True))
+    p.add_argument("--no-relearn", action="store_true", help="skip the relearning attacks (audit.relearn false)")
     p.add_argument("--json", action="store_true", help="print audit.json's content instead of audit.md")
     add_model_args(p)
     p.set_defaults(func=cmd_audit)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
+from ..core.config import CheckedConfig, FieldChecks
 from ..data.facts import Fact
 from ..data.requests import EditRequest
 from ..edit.base import freeze
@@ -22,18 +23,34 @@ from .verdict import verdict
 
 
 @dataclass
-class AuditConfig:
-    probe_steps: int = 150
-    min_probe_accuracy: float = 0.5  # probe layers below this held-out accuracy are not trusted
-    probe_folds: int = 5  # k-fold cross-validation for held-out accuracy (0: leave-one-out)
-    lens_top_k: int = 10  # the logit lens "reaches" the old object when it ranks in this top-k
-    relearn_steps: int = 10
-    relearn_lr: float = 3e-5
-    relearn: bool = True
-    require_known: bool = True  # probe / relearning facts: only those the base model answers
-    use_subject_pool: bool = True  # add pool subjects the base model places among the objects
-    max_new_tokens: int = 12
-    seed: int = 0
+class AuditConfig(CheckedConfig):
+    """How an edit is audited; `validate` runs at construction."""
+
+    probe_steps: int = field(default=150, metadata={"help": "training steps of each latent linear probe"})
+    min_probe_accuracy: float = field(default=0.5, metadata={"help": "probe layers below this held-out accuracy are not trusted"})
+    probe_folds: int = field(default=5, metadata={"help": "k-fold cross-validation for held-out accuracy (0: leave-one-out)"})
+    lens_top_k: int = field(default=10, metadata={"help": "the logit lens reaches the old object when it ranks in this top-k"})
+    relearn_steps: int = field(default=10, metadata={"help": "Adam steps of each relearning attack"})
+    relearn_lr: float = field(default=3e-5, metadata={"help": "learning rate of the relearning attacks"})
+    relearn: bool = field(default=True, metadata={"help": "run the relearning attacks"})
+    require_known: bool = field(default=True, metadata={"help": "probe / relearning facts: only those the base model answers"})
+    use_subject_pool: bool = field(default=True, metadata={"help": "add pool subjects the base model places among the objects"})
+    max_new_tokens: int = field(default=12, metadata={"help": "greedy tokens generated per audit prompt"})
+    seed: int = field(default=0, metadata={"help": "recorded with the report (the audit draws nothing at random today)"})
+
+    def validate(self, section: str = "audit") -> None:
+        """Raise a ValueError naming the first field (as `section.field`) that cannot audit."""
+        check = FieldChecks(self, section)
+        for name in ("probe_steps", "lens_top_k", "relearn_steps", "max_new_tokens"):
+            check.integer(name, 1)
+        check.number("min_probe_accuracy", 0, 1)
+        check.integer("probe_folds", 0)
+        if self.probe_folds == 1:
+            check.fail("probe_folds", "must be 0 (leave-one-out) or at least 2, got 1")
+        check.number("relearn_lr", 0, low_open=True)
+        for name in ("relearn", "require_known", "use_subject_pool"):
+            check.flag(name)
+        check.integer("seed")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from peft import PeftModel, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
+from ..core.config import CheckedConfig, FieldChecks
 from ..data.requests import EditRequest
 from ..models.components import Component
 from .training.loop import StageConfig, StageLog
@@ -19,26 +20,49 @@ from .training.retain import RetainSet
 
 
 @dataclass
-class EditorConfig:
-    unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0))
+class EditorConfig(CheckedConfig):
+    """What the editors train and how; `validate` runs at construction."""
+
+    unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0), metadata={"help": "the unlearn stage (stage 1: answer with the uncertainty text)"})
     # A larger learn margin generalises to more held-out paraphrases, at more steps. On 8 dev
     # edits (docs/tuning.md): margin 2 / 4 / 5 / 6 gives paraphrase accuracy 0.50 / 0.66 / 0.69 / 0.75,
     # 25 / 30 / 35 / 45 steps; 6 also loses neighbourhood accuracy (0.78 -> 0.70).
-    learn: StageConfig = field(default_factory=lambda: StageConfig(margin=5.0))
-    uncertainty: str = "I am not sure."  # may use {subject}, e.g. "I am not sure where {subject} is."
-    mlp_scaling: str = "hidden"  # IA3 on the MLP's hidden units ("hidden") or its output ("output")
-    merge_learned: bool = True  # merge the stage-2 adapter too (False keeps it as an adapter)
-    n_prefixes: int = 5  # model-generated context prefixes added to the training prompts
-    n_template_neighbours: int = 8  # other subjects in the edit template, kept by the KL term
+    learn: StageConfig = field(default_factory=lambda: StageConfig(margin=5.0), metadata={"help": "the learn stage (stage 2: answer with the new object)"})
+    uncertainty: str = field(default="I am not sure.", metadata={"help": "what the unlearn stage trains the model to answer; may use {subject}"})
+    mlp_scaling: str = field(default="hidden", metadata={"help": "IA3 on the MLP's hidden units (hidden) or its output (output)"})
+    merge_learned: bool = field(default=True, metadata={"help": "merge the stage-2 adapter too (false keeps it as an adapter)"})
+    n_prefixes: int = field(default=5, metadata={"help": "model-generated context prefixes added to the training prompts"})
+    n_template_neighbours: int = field(default=8, metadata={"help": "other subjects in the edit template, kept by the KL term"})
     # Made-up siblings of the subject ("Ferrari Tower" for "Ferrari Mondial") also kept by the KL
     # term. Off by default: on 8 dev edits they cost 30% more steps and one forget failure
     # without lifting neighbourhood accuracy (docs/tuning.md).
-    n_sibling_neighbours: int = 0
+    n_sibling_neighbours: int = field(default=0, metadata={"help": "made-up siblings of the subject, kept by the KL term"})
     # Learning rates of the weight-training baselines (the stage configs' lr is an IA3 rate):
     # Adam on full weights (ft-full, ft-localized) and on LoRA factors (lora-localized).
-    ft_lr: float = 2e-5
-    lora_lr: float = 1e-3
-    seed: int = 0
+    ft_lr: float = field(default=2e-5, metadata={"help": "Adam learning rate of ft-full and ft-localized (full weights)"})
+    lora_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of lora-localized (LoRA factors)"})
+    seed: int = field(default=0, metadata={"help": "seed of the sampled prefixes and of training"})
+
+    def validate(self, section: str = "editor") -> None:
+        """Raise a ValueError naming the first field (as `section.field`, a stage's as
+        `section.unlearn.field`) whose value cannot train."""
+        check = FieldChecks(self, section)
+        for stage in ("unlearn", "learn"):
+            if not isinstance(getattr(self, stage), StageConfig):
+                check.fail(stage, f"expected a StageConfig, got {type(getattr(self, stage)).__name__}")
+            getattr(self, stage).validate(f"{section}.{stage}")
+        check.text("uncertainty")
+        try:
+            self.uncertainty.format(subject="")
+        except (KeyError, IndexError, ValueError) as exc:
+            check.fail("uncertainty", f"may use {{subject}} and nothing else in braces, got {self.uncertainty!r} ({exc})")
+        check.choice("mlp_scaling", ("hidden", "output"))
+        check.flag("merge_learned")
+        for name in ("n_prefixes", "n_template_neighbours", "n_sibling_neighbours"):
+            check.integer(name, 0)
+        for name in ("ft_lr", "lora_lr"):
+            check.number(name, 0, low_open=True)
+        check.integer("seed")
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..core.config import CheckedConfig, FieldChecks
 from ..core.forward import object_logprobs
 from ..core.generate import greedy_generate
 from ..core.reference_cache import ModelReferences, tokenizer_identity
@@ -13,15 +14,25 @@ from ..data.requests import EditRequest
 
 
 @dataclass
-class EvalConfig:
-    max_new_tokens: int = 10
-    chat_max_new_tokens: int = 24
-    batch_size: int = 128  # measured on CPU: 128 evaluates 96 probes in 2.1 s, 32 in 2.7 s
+class EvalConfig(CheckedConfig):
+    """How an edit is measured; `validate` runs at construction."""
+
+    max_new_tokens: int = field(default=10, metadata={"help": "greedy tokens generated per cloze probe"})
+    chat_max_new_tokens: int = field(default=24, metadata={"help": "greedy tokens generated per chat-form probe"})
+    # measured on CPU: 128 evaluates 96 probes in 2.1 s, 32 in 2.7 s
+    batch_size: int = field(default=128, metadata={"help": "probes evaluated per batch"})
     # A control or neighbourhood fact counts as known before the edit when the greedy continuation
     # names its answer AND the first generated token wins by at least this many logits. Facts the
     # model answers by a near-tie (0.1 logit) flip under any perturbation, even bf16 rounding, and
     # would measure noise rather than collateral damage. 0 counts every correct continuation.
-    known_margin: float = 1.0
+    known_margin: float = field(default=1.0, metadata={"help": "a control fact counts as stated when its first token wins by this many logits"})
+
+    def validate(self, section: str = "evaluate") -> None:
+        """Raise a ValueError naming the first field (as `section.field`) that cannot measure."""
+        check = FieldChecks(self, section)
+        for name in ("max_new_tokens", "chat_max_new_tokens", "batch_size"):
+            check.integer(name, 1)
+        check.number("known_margin", 0)
 
 
 @dataclass

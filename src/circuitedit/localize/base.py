@@ -7,42 +7,46 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..core.config import CheckedConfig, FieldChecks
 from ..models.components import HEAD, MLP, Component
 
 
 @dataclass
-class LocalizeConfig:
-    method: str = "attribution"
-    top_k: int = 8
+class LocalizeConfig(CheckedConfig):
+    """How components are scored and which are selected; `validate` runs at construction."""
+
+    method: str = field(default="attribution", metadata={"help": "the localizer that scores the components"})
+    top_k: int = field(default=8, metadata={"help": "number of components selected: those the edit trains"})
     # The edit trains MLPs ranked by their effect at the subject's tokens (fact lookup, Guo et al.
     # 2024): an IA3 vector on an MLP's hidden units only acts where those units fire, so it can
     # be specific to a subject, while a scaled head output moves every prompt that head reads.
     # Measured on 8 dev edits: F_control 0.964 vs 0.92 and neighbourhood 0.78 vs 0.56 for
     # "both"/"all" (docs/tuning.md). Heads and last-token effects stay selectable.
-    kinds: str = "mlps"  # "heads", "mlps" or "both"
-    positions: str = "subject"  # rank by the effect at "subject" tokens, the "last" token, or "all"
-    max_layer_fraction: float = 1.0  # only components in the first this-share of layers
-    fraction: float | None = None  # smallest set carrying this share of the total |effect|
-    noise_scale: float = 3.0  # subject-embedding noise, in embedding std units (fallback corruption)
-    use_paraphrases: bool = True  # aggregate scores over the edit prompt and its paraphrases
-    seed: int = 0
+    kinds: str = field(default="mlps", metadata={"help": "which components are ranked and selected: heads, mlps or both"})
+    positions: str = field(default="subject", metadata={"help": "rank components by their effect at the subject tokens, the last token, or all"})
+    max_layer_fraction: float = field(default=1.0, metadata={"help": "select only components in the first this-share of layers, in (0, 1]"})
+    fraction: float | None = field(default=None, metadata={"help": "instead of top_k: the smallest set carrying this share of the total |effect|, in (0, 1]"})
+    noise_scale: float = field(default=3.0, metadata={"help": "subject-embedding noise in embedding std units (the fallback corruption)"})
+    use_paraphrases: bool = field(default=True, metadata={"help": "aggregate the scores over the edit prompt and its paraphrases"})
+    seed: int = field(default=0, metadata={"help": "seed of the random draws of localization (noise, the random localizer)"})
 
     def max_layer(self, num_layers: int) -> int:
         """The highest layer a component may sit in to be selected."""
         return int(self.max_layer_fraction * num_layers) - 1
 
-    def validate(self) -> None:
-        """Raise a ValueError naming the first field whose value cannot select components."""
-        if self.top_k < 1:
-            raise ValueError(f"localize.top_k: must be at least 1, got {self.top_k}")
-        if self.kinds not in ("heads", "mlps", "both"):
-            raise ValueError(f"localize.kinds: expected heads, mlps or both, got {self.kinds!r}")
-        if self.positions not in ("subject", "last", "all"):
-            raise ValueError(f"localize.positions: expected subject, last or all, got {self.positions!r}")
-        if not 0 < self.max_layer_fraction <= 1:
-            raise ValueError(f"localize.max_layer_fraction: must be in (0, 1], got {self.max_layer_fraction}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"localize.fraction: must be in (0, 1], got {self.fraction}")
+    def validate(self, section: str = "localize") -> None:
+        """Raise a ValueError naming the first field (as `section.field`) whose value cannot
+        select components (the localizer's name is checked against the registry by EditConfig)."""
+        check = FieldChecks(self, section)
+        check.text("method")
+        check.integer("top_k", 1)
+        check.choice("kinds", ("heads", "mlps", "both"))
+        check.choice("positions", ("subject", "last", "all"))
+        check.number("max_layer_fraction", 0, 1, low_open=True)
+        check.number("fraction", 0, 1, low_open=True, optional=True)
+        check.number("noise_scale", 0)
+        check.flag("use_paraphrases")
+        check.integer("seed")
 
 
 @dataclass

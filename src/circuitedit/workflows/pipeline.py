@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
+from ..core.config import CheckedConfig, ConfigValueError, FieldChecks
 from ..core.prompt_scan import PromptScan
 from ..core.reference_cache import ModelReferences, ReferenceCache
 from ..core.timing import Timings
@@ -44,33 +45,34 @@ from ..models.components import Component
 
 
 @dataclass
-class EditConfig:
-    method: str = "unlearn-then-learn"
-    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
-    editor: EditorConfig = field(default_factory=EditorConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
+class EditConfig(CheckedConfig):
+    """Everything an edit is run with, by section; `validate` runs at construction."""
+
+    method: str = field(default="unlearn-then-learn", metadata={"help": "the editing method"})
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig, metadata={"help": "which components the edit trains"})
+    editor: EditorConfig = field(default_factory=EditorConfig, metadata={"help": "how the editor trains them"})
+    evaluate: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "how the edit is measured"})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def validate(self) -> None:
-        """Raise a ValueError naming the first field that cannot work, before any model work."""
+        """Raise a ValueError naming the first field (as `section.field`) that cannot work, before
+        any model work. Construction runs it; run it again after setting fields (CLI flags)."""
+        check = FieldChecks(self, "config")
+        check.text("method")
+        for name, config_class in (("localize", LocalizeConfig), ("editor", EditorConfig), ("evaluate", EvalConfig)):
+            section = getattr(self, name)
+            if not isinstance(section, config_class):
+                check.fail(name, f"expected a {config_class.__name__}, got {type(section).__name__}")
+            section.validate(name)
         get_editor(self.method)
         get_localizer(self.localize.method)
-        self.localize.validate()
-        self.editor.unlearn.validate("unlearn")
-        self.editor.learn.validate("learn")
-        if self.editor.n_prefixes < 0 or self.editor.n_template_neighbours < 0 or self.editor.n_sibling_neighbours < 0:
-            raise ValueError("editor: n_prefixes, n_template_neighbours and n_sibling_neighbours must not be negative")
-        for name in ("ft_lr", "lora_lr"):
-            if not getattr(self.editor, name) > 0:
-                raise ValueError(f"editor.{name}: must be positive, got {getattr(self.editor, name)}")
-        if self.evaluate.max_new_tokens < 1 or self.evaluate.chat_max_new_tokens < 1 or self.evaluate.batch_size < 1:
-            raise ValueError("evaluate: max_new_tokens, chat_max_new_tokens and batch_size must be at least 1")
 
     @classmethod
     def from_dict(cls, data: dict) -> EditConfig:
-        """Build a config from `to_dict()` output; unknown keys fail with a ValueError naming them."""
+        """Build a config from `to_dict()` output; unknown keys fail with a ValueError naming them,
+        bad values with one naming `section.field`."""
         if not isinstance(data, dict):
             raise ValueError(f"config: expected a mapping, got {type(data).__name__}")
         unknown = set(data) - {"method", "localize", "editor", "evaluate"}
@@ -79,7 +81,10 @@ class EditConfig:
         editor = dict(_section(data, "editor", EditorConfig))
         for stage in ("unlearn", "learn"):
             if stage in editor:
-                editor[stage] = StageConfig(**_section(editor, stage, StageConfig, "editor."))
+                try:
+                    editor[stage] = StageConfig(**_section(editor, stage, StageConfig, "editor."))
+                except ConfigValueError as exc:  # named where it sits, not as a lone stage
+                    raise exc.within(f"editor.{stage}") from None
         return cls(
             method=data.get("method", "unlearn-then-learn"),
             localize=LocalizeConfig(**_section(data, "localize", LocalizeConfig)),

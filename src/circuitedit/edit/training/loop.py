@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ...core.config import CheckedConfig, FieldChecks
 from ...core.forward import hidden_states, input_device
 from ...core.head import HeadReductions
 from ...core.tokens import TeacherForcedBatch, build_batch
@@ -27,87 +28,88 @@ from .shortlisted_head import ShortlistedHead
 
 
 @dataclass
-class StageConfig:
-    lr: float = 2e-2
-    max_steps: int = 60
-    min_steps: int = 1
-    margin: float = 2.0
+class StageConfig(CheckedConfig):
+    """One training stage (unlearn or learn) of the IA3 editors; `validate` runs at construction."""
+
+    lr: float = field(default=2e-2, metadata={"help": "Adam learning rate of the IA3 vectors"})
+    max_steps: int = field(default=60, metadata={"help": "the stage stops after this many steps even if the targets are not reached"})
+    min_steps: int = field(default=1, metadata={"help": "steps taken before the stopping rule is checked, in [0, max_steps]"})
+    margin: float = field(default=2.0, metadata={"help": "stop once every target token is the argmax by this many logits"})
     # The old object's first token must also sit this many logits below the target's first token.
     # A gap, not a rank: once the new object leads by 8 logits the old one at rank 4 has
     # p < 0.001, and the rank test used to add ~50 steps (and drift) for nothing.
-    old_gap: float = 3.0
-    kl_weight: float = 2.0
+    old_gap: float = field(default=3.0, metadata={"help": "and the old object's first token sits this many logits below the target's"})
+    kl_weight: float = field(default=2.0, metadata={"help": "weight of the KL to the unedited model's next tokens on the retain prompts"})
     # Penalty on any rise of the targets' first tokens' log-probability on the retain prompts
     # (hinge on current - original): the KL term barely notices P(new) going from 1e-4 to 1e-2
     # on a neighbour, yet that is what lets the new object overtake a neighbour's true answer.
     # Off by default: on 8 dev edits weight 1 lifts CounterFact neighbourhood specificity 0.72 ->
     # 0.85 but lowers held-out paraphrase accuracy 0.66 -> 0.53 (docs/tuning.md).
-    leak_weight: float = 0.0
-    suppress_weight: float = 1.0
-    weight_decay: float = 0.0
+    leak_weight: float = field(default=0.0, metadata={"help": "weight of the hinge on any rise of the targets' first tokens on the retain prompts"})
+    suppress_weight: float = field(default=1.0, metadata={"help": "weight of the unlikelihood of the old object's first token"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
     # Adam's moment decay rates. No momentum (beta1 0, i.e. RMSprop with bias correction): the
     # KL term pulls against the target and momentum carried the stage into oscillations of
     # several steps. On the 22 dev edits (docs/speed.md; AMD EPYC, bf16), against (0.9, 0.999): 33.0
     # steps against 40.5, F_control 0.983 vs 0.964, neighbourhood 0.855 vs 0.594, CounterFact
     # specificity 0.777 vs 0.573; held-out paraphrases 0.477 vs 0.523, forget 0.955 vs 0.970.
-    beta1: float = 0.0
-    beta2: float = 0.99
+    beta1: float = field(default=0.0, metadata={"help": "Adam's first-moment decay rate, in [0, 1) (0: no momentum)"})
+    beta2: float = field(default=0.99, metadata={"help": "Adam's second-moment decay rate, in [0, 1)"})
     # Train only this share of each vector's units: those with the largest first-step gradient.
     # Adam moves every coordinate by ~lr regardless of its gradient, so without this mask an IA3
     # vector drifts everywhere and drags unrelated facts along (None trains all units).
-    unit_fraction: float | None = None
+    unit_fraction: float | None = field(default=None, metadata={"help": "train only this share of each vector's units, those of largest first-step gradient (null: all)"})
     # Rotating retain prompts per evaluation of the retain terms, taken in turn (the pinned
     # same-template neighbours are in every one), and how often those terms are evaluated: every
     # `retain_every` steps, their gradient extrapolated in between (RetainTerm). Their forward
     # and backward is most of a step. On 22 dev edits (docs/tuning.md; AMD machine), 8 prompts every 2 steps against
     # 16 every step: 40.7 steps against 35.8, each far cheaper; held-out paraphrases 0.55 vs 0.52,
     # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
-    retain_batch: int = 8
-    retain_every: int = 2
+    retain_batch: int = field(default=8, metadata={"help": "rotating retain prompts per evaluation of the retain terms"})
+    retain_every: int = field(default=2, metadata={"help": "evaluate the retain terms every this many steps (their gradient extrapolated between)"})
     # LM-head shortlist (ShortlistedHead; RetainSet.shortlisted): most steps compute the logits of
     # each row's `shortlist_top_k` best tokens only, full-vocabulary passes every
     # `full_vocab_every` steps and whenever the targets look reached. None: every step computes
     # all 262k logits.
-    shortlist_top_k: int | None = 256
-    full_vocab_every: int = 8
-    shortlist_tail_sample: int = 2048  # tokens whose logits estimate the rest's log-sum-exp
+    shortlist_top_k: int | None = field(default=256, metadata={"help": "logits computed per row on most steps (null: the full vocabulary every step)"})
+    full_vocab_every: int = field(default=8, metadata={"help": "a full-vocabulary step every this many steps (and when the targets look reached)"})
+    shortlist_tail_sample: int = field(default=2048, metadata={"help": "tokens whose logits estimate the log-sum-exp of those off the shortlist"})
     # Run each training prompt's leading context (the model-generated prefix; else the BOS) once
     # per stage and reuse its KV cache, detached, so that a step runs only the prompt and target
     # tokens (FrozenContextBatch).
-    frozen_context: bool = True
+    frozen_context: bool = field(default=True, metadata={"help": "run each prompt's leading context once per stage and reuse its KV cache"})
     # The attention kernel while the stage trains (any `attn_implementation` transformers knows;
     # None keeps the model's), restored afterwards; evaluation keeps the model's. Eager against
     # SDPA, whose CPU backward is ~10x its forward for these few-token rows, on the 22 dev edits
     # (docs/speed.md), two screens on two CPUs: AMD EPYC 0.95x the time, every quality mean within
     # one neighbour of SDPA's or above (held-out paraphrases 0.523 vs 0.477); Xeon with AMX 0.97x,
     # forget 0.955 vs 0.970 (one prompt), F_control 0.983 vs 0.979. Rounding noise either way.
-    attention: str | None = "eager"
+    attention: str | None = field(default="eager", metadata={"help": "attention kernel while the stage trains (null: the model's)"})
     # Cross-entropy only on the target tokens whose margin is below `margin + focus_slack` (None:
     # on every token). On the 22 dev edits (docs/speed.md; AMD EPYC, bf16) slack 0 takes 28.1 steps
     # against 35.8 (0.85x the time) but forget 0.924 vs 0.955; slack 1: 30.8 steps, forget 0.939,
     # held-out paraphrases 0.455 vs 0.477. Not the default: it trades forgetting for speed.
-    focus_slack: float | None = None
+    focus_slack: float | None = field(default=None, metadata={"help": "cross-entropy only on target tokens below margin + this (null: on every token)"})
 
-    def validate(self, stage: str) -> None:
-        """Raise a ValueError naming the first field (as `editor.STAGE.FIELD`) that cannot train."""
-        positive = {"lr": self.lr, "max_steps": self.max_steps, "retain_batch": self.retain_batch,
-                    "retain_every": self.retain_every, "full_vocab_every": self.full_vocab_every}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"editor.{stage}.{name}: must be positive, got {value}")
-        if not 0 <= self.min_steps <= self.max_steps:
-            raise ValueError(f"editor.{stage}.min_steps: must be in [0, max_steps], got {self.min_steps}")
+    def validate(self, section: str = "stage") -> None:
+        """Raise a ValueError naming the first field (as `section.field`; an editor's stages are
+        `editor.unlearn` and `editor.learn`) whose value cannot train."""
+        check = FieldChecks(self, section)
+        check.number("lr", 0, low_open=True)
+        for name in ("max_steps", "retain_batch", "retain_every", "full_vocab_every", "shortlist_tail_sample"):
+            check.integer(name, 1)
+        check.integer("min_steps", 0)
+        if self.min_steps > self.max_steps:
+            check.fail("min_steps", f"must be in [0, max_steps], got {self.min_steps}")
         for name in ("margin", "old_gap", "kl_weight", "leak_weight", "suppress_weight", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"editor.{stage}.{name}: must not be negative, got {getattr(self, name)}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"editor.{stage}: beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.unit_fraction is not None and not 0 < self.unit_fraction <= 1:
-            raise ValueError(f"editor.{stage}.unit_fraction: must be in (0, 1], got {self.unit_fraction}")
-        if self.focus_slack is not None and self.focus_slack < 0:
-            raise ValueError(f"editor.{stage}.focus_slack: must be null or at least 0, got {self.focus_slack}")
-        if self.shortlist_top_k is not None and self.shortlist_top_k < 1:
-            raise ValueError(f"editor.{stage}.shortlist_top_k: must be at least 1 or null, got {self.shortlist_top_k}")
+            check.number(name, 0)
+        for name in ("beta1", "beta2"):
+            check.number(name, 0, 1, high_open=True)
+        check.number("unit_fraction", 0, 1, low_open=True, optional=True)
+        check.integer("shortlist_top_k", 1, optional=True)
+        check.flag("frozen_context")
+        check.text("attention", optional=True)
+        check.number("focus_slack", 0, optional=True)
 
 
 @dataclass
