@@ -91,7 +91,7 @@ def test_bad_config_file(saved_tiny, tmp_path, capsys):
         ("missing.json", None, ("missing.json: no such file",)),
         ("config.json", json.dumps({"editor": {"learn": {"lr": -1}}}), ("editor.learn.lr: must be positive",)),
         ("config.json", json.dumps({"localize": {"kinds": "neurons"}}), ("localize.kinds:", "'neurons'")),
-        ("config.json", json.dumps({"method": "rome"}), ("unknown method 'rome'",)),
+        ("config.json", json.dumps({"method": "nosuch"}), ("unknown method 'nosuch'",)),
         ("config.json", json.dumps({"localize": {"method": "psychic"}}), ("psychic",)),
     ],
 )

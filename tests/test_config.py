@@ -37,7 +37,7 @@ CONFIGS = [LocalizeConfig, StageConfig, EditorConfig, EvalConfig, EditConfig, Be
         (lambda: EvalConfig(batch_size=0), "evaluate.batch_size: must be at least 1, got 0"),
         (lambda: EvalConfig(known_margin=-1.0), "evaluate.known_margin: must be at least 0, got -1.0"),
         (lambda: EditConfig(method=3), "config.method: expected a string, got 3"),
-        (lambda: EditConfig(method="rome"), "unknown method 'rome'"),
+        (lambda: EditConfig(method="nosuch"), "unknown method 'nosuch'"),
         (lambda: BenchConfig(data="facts.jsonl", n=0), "bench.n: must be at least 1, got 0"),
         (lambda: BenchConfig(data="facts.jsonl", methods=[]), "bench.methods: expected a non-empty list"),
         (lambda: BenchConfig(data="facts.jsonl", fmt="parquet"), "bench.fmt: expected auto, jsonl, "),

@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration side effect: one line per editor)
     learn_only,
     lora_localized,
     none,
+    rome,
     unlearn_then_learn,
 )
 from .base import EDITORS, AdapterArtifact, EditorConfig, EditOutcome, TrainingContext, get_editor

@@ -15,6 +15,7 @@ from torch import nn
 from ..core.config import CheckedConfig, FieldChecks
 from ..data.requests import EditRequest
 from ..models.components import Component
+from .keyed import KeyedConfig
 from .training.loop import StageConfig, StageLog
 from .training.retain import RetainSet
 
@@ -42,6 +43,8 @@ class EditorConfig(CheckedConfig):
     ft_lr: float = field(default=2e-5, metadata={"help": "Adam learning rate of ft-full and ft-localized (full weights)"})
     lora_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of lora-localized (LoRA factors)"})
     seed: int = field(default=0, metadata={"help": "seed of the sampled prefixes and of training"})
+    keyed: KeyedConfig = field(default_factory=KeyedConfig, metadata={
+        "help": "the key-value editors (rome): layer, value search, key covariance"})
 
     def validate(self, section: str = "editor") -> None:
         """Raise a ValueError naming the first field (as `section.field`, a stage's as
@@ -51,6 +54,9 @@ class EditorConfig(CheckedConfig):
             if not isinstance(getattr(self, stage), StageConfig):
                 check.fail(stage, f"expected a StageConfig, got {type(getattr(self, stage)).__name__}")
             getattr(self, stage).validate(f"{section}.{stage}")
+        if not isinstance(self.keyed, KeyedConfig):
+            check.fail("keyed", f"expected a KeyedConfig, got {type(self.keyed).__name__}")
+        self.keyed.validate(f"{section}.keyed")
         check.text("uncertainty")
         try:
             self.uncertainty.format(subject="")

@@ -83,3 +83,33 @@ def layer_output_hooks(model: nn.Module, adapter, fn) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def mlp_key_hook(model: nn.Module, adapter, layer: int) -> Iterator[list[torch.Tensor]]:
+    """Yield a list that receives the input of `layer`'s MLP output projection, (B, T, d_k), per
+    forward: the keys of a key-value editor (ROME, MEMIT)."""
+    keys: list[torch.Tensor] = []
+    handle = model.get_submodule(adapter.mlp_out_name(layer)).register_forward_pre_hook(
+        lambda _module, args: keys.append(args[0]))
+    try:
+        yield keys
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def mlp_output_shift(model: nn.Module, adapter, layer: int, rows: torch.Tensor, positions: torch.Tensor,
+                     delta: torch.Tensor) -> Iterator[None]:
+    """Add `delta` (d,) to the output of `layer`'s MLP output projection at (rows[i],
+    positions[i]) for every i: where a key-value editor writes its new value."""
+    def hook(_module, _args, output):
+        shifted = output.clone()
+        shifted[rows, positions] = shifted[rows, positions] + delta.to(output.dtype)
+        return shifted
+
+    handle = model.get_submodule(adapter.mlp_out_name(layer)).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..audit.run import AuditReport
 from ..core.files import write_text_atomic
 from ..render.html import audit_html
-from .outputs import STAGES, adapter_dirs, merged_adapter, read_edit_json
+from .outputs import applied_stage, read_edit_json, stage_dirs
 
 # ---- rebuilding the stage models -------------------------------------------------------------
 
@@ -17,20 +17,22 @@ def load_edit(edit_dir: Path | str, model: str | None = None, dtype: str = "auto
     """(base, tokenizer, request, stage1, stage2, edit_json) from an `edit --out` directory.
 
     The base model is edit.json's "model" (or `model`, or the embedded default); stage 1 is it
-    with adapters/unlearn merged, stage 2 stage 1 with adapters/learn merged.
+    with adapters/unlearn merged (None for a one-stage edit), stage 2 it with every saved stage
+    applied in training order (adapters merged, weight deltas added).
     """
     from ..models import load_model
 
     edit_dir = Path(edit_dir)
     meta, request = read_edit_json(edit_dir)
-    stages = adapter_dirs(edit_dir)
-    for stage in STAGES:
-        if stage not in stages:
-            raise FileNotFoundError(f"{edit_dir / 'adapters' / stage} has no PEFT adapter "
-                                    f"(audit needs an unlearn-then-learn edit)")
+    stages = stage_dirs(edit_dir, meta)
+    if not stages:
+        raise FileNotFoundError(f"{edit_dir / 'adapters'} holds no saved stage (no adapter and no weight delta)")
     loaded = load_model(model or meta.get("model"), dtype=dtype, device=device)
-    stage1 = merged_adapter(loaded.model, stages["unlearn"])
-    stage2 = merged_adapter(stage1, stages["learn"])
+    stage1 = applied_stage(loaded.model, stages["unlearn"]) if "unlearn" in stages else None
+    stage2 = stage1 if stage1 is not None else loaded.model
+    for name, directory in stages.items():
+        if name != "unlearn":
+            stage2 = applied_stage(stage2, directory)
     return loaded.model, loaded.tokenizer, request, stage1, stage2, {**meta, "model": loaded.name}
 
 

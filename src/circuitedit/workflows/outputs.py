@@ -14,6 +14,7 @@ from torch import nn
 from ..core.files import atomic_directory, write_json
 from ..data.requests import EditRequest
 from ..edit.base import freeze
+from ..edit.deltas import WeightDelta, is_delta_dir
 
 # The file every output directory of its kind holds: an existing --out without it is refused.
 EDIT_FILE = "edit.json"
@@ -74,6 +75,35 @@ def adapter_dirs(edit_dir: Path | str) -> dict[str, Path]:
     return {s: root / s for s in STAGES if (root / s / "adapter_config.json").exists()}
 
 
+def stage_dirs(edit_dir: Path | str, meta: dict | None = None) -> dict[str, Path]:
+    """{stage: directory} of every saved stage, in training order: the PEFT adapters (unlearn,
+    learn), then the weight deltas of key-value editors (rome). A stage edit.json lists
+    (`meta["saved_stages"]`) that is not there fails: a damaged directory is not half applied."""
+    root = Path(edit_dir) / "adapters"
+    stages = adapter_dirs(edit_dir)
+    if root.is_dir():
+        stages.update({d.name: d for d in sorted(root.iterdir()) if d.name not in stages and is_delta_dir(d)})
+    missing = [name for name in (meta or {}).get("saved_stages", []) if root.is_dir() and name not in stages]
+    if missing:
+        raise FileNotFoundError(f"{root / missing[0]} has no PEFT adapter or weight delta "
+                                "(edit.json lists it: a damaged edit directory?)")
+    return stages
+
+
+def applied_stage(model: nn.Module, directory: Path) -> nn.Module:
+    """A copy of `model` with the stage saved in `directory` applied (an adapter merged, or a weight
+    delta added), frozen, in eval mode."""
+    if not is_delta_dir(directory):
+        return merged_adapter(model, directory)
+    try:
+        edited = WeightDelta.load(directory).apply(copy.deepcopy(model))
+    except (OSError, ValueError, KeyError, AttributeError, RuntimeError, SafetensorError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{directory}: cannot apply the weight delta ({first})") from exc
+    freeze(edited)
+    return edited.eval()
+
+
 def merged_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
     """A copy of `model` with the PEFT adapter in `adapter_dir` merged in fp32, frozen, in eval mode."""
     from peft import PeftModel
@@ -92,8 +122,8 @@ def merged_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
 
 def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):
     """(edited model, tokenizer, edit.json) from an `edit --out` directory: the model --save-model
-    wrote there, else the base model (edit.json's "model", or `model`) with every adapter merged in
-    training order."""
+    wrote there, else the base model (edit.json's "model", or `model`) with every saved stage
+    applied in training order."""
     from ..models import load_model
 
     edit_dir = Path(edit_dir)
@@ -102,12 +132,12 @@ def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "au
     if model is None and (saved / "config.json").exists():
         loaded = load_model(str(saved), dtype=dtype, device=device)
         return loaded.model, loaded.tokenizer, meta
-    stages = adapter_dirs(edit_dir)
+    stages = stage_dirs(edit_dir, meta)
     if not stages:
-        raise FileNotFoundError(f"{edit_dir}: no adapters/ and no model/ (edit with an adapter method, "
+        raise FileNotFoundError(f"{edit_dir}: no adapters/ and no model/ (edit with an adapter or delta method, "
                                 "or with --save-model)")
     loaded = load_model(model or meta.get("model"), dtype=dtype, device=device)
     edited = loaded.model
-    for adapter_dir in stages.values():
-        edited = merged_adapter(edited, adapter_dir)
+    for directory in stages.values():
+        edited = applied_stage(edited, directory)
     return edited, loaded.tokenizer, meta

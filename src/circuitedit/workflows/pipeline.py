@@ -23,6 +23,7 @@ from ..data.facts import Fact, control_facts, controls_for, retain_prompts, subj
 from ..data.requests import EditRequest
 from ..edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
 from ..edit.base import freeze, uses_localization
+from ..edit.keyed import KeyedConfig
 from ..edit.training.prompts import (
     cached_prefixes,
     same_template_prompts,
@@ -85,6 +86,11 @@ class EditConfig(CheckedConfig):
                     editor[stage] = StageConfig(**_section(editor, stage, StageConfig, "editor."))
                 except ConfigValueError as exc:  # named where it sits, not as a lone stage
                     raise exc.within(f"editor.{stage}") from None
+        if "keyed" in editor:
+            try:
+                editor["keyed"] = KeyedConfig(**_section(editor, "keyed", KeyedConfig, "editor."))
+            except ConfigValueError as exc:
+                raise exc.within("editor.keyed") from None
         return cls(
             method=data.get("method", "unlearn-then-learn"),
             localize=LocalizeConfig(**_section(data, "localize", LocalizeConfig)),
@@ -128,6 +134,7 @@ class EditResult:
             "localization": self.localization.to_dict() if self.localization else None,
             "metrics": self.metrics,
             "stages": [s.to_dict() for s in self.outcome.stages],
+            "saved_stages": [a.name for a in self.outcome.adapters],  # adapters/<name>, in training order
             "steps": self.outcome.steps,
             "timings": self.timings,
             "rows": [r.to_dict() for r in self.rows],

@@ -1,0 +1,127 @@
+"""ROME on tiny random models of every family: the rank-one update's algebra, the weight delta
+as stored (Conv1D transposed), its file round trip, and the editor end to end."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from circuitedit.core.forward import object_logprobs
+from circuitedit.data.requests import EditRequest
+from circuitedit.edit.base import TrainingContext
+from circuitedit.edit.covariance import CorpusSpec, layer_covariance
+from circuitedit.edit.deltas import WeightDelta
+from circuitedit.edit.keyed import KeyedConfig
+from circuitedit.edit.rome import layer_delta, rank_one_update, rome
+from circuitedit.models import MLP, Component, get_adapter
+from tiny import FAMILIES, tiny_model
+
+REQUEST = EditRequest(subject="Eiffel Tower", prompt="The {} is located in the city of", old_object="Paris",
+                      new_object="Rome", paraphrases=["Tourists visit the {} in the city of"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_update_maps_the_key_to_its_value_and_leaves_c_orthogonal_keys(family):
+    model, tokenizer = tiny_model(family)
+    covariance = layer_covariance(model, tokenizer, 1, CorpusSpec(tokens=96, length=12), cache=False)
+    d_k = covariance.shape[0]
+    generator = torch.Generator().manual_seed(0)
+    key, delta = torch.randn(d_k, generator=generator), torch.randn(64, generator=generator)
+    update = rank_one_update(key, delta, covariance, ridge=1e-3)
+    torch.testing.assert_close(update @ key, delta, rtol=1e-4, atol=1e-5)
+    # a key orthogonal to k* in the C⁻¹ metric: uᵀk = 0, u = (C + λI)⁻¹ k*
+    c = covariance.double() + 1e-3 * covariance.double().diagonal().mean() * torch.eye(d_k, dtype=torch.float64)
+    u = torch.linalg.solve(c, key.double())
+    other = torch.randn(d_k, generator=generator, dtype=torch.float64)
+    other = other - (u @ other) / (u @ u) * u
+    assert float((update.double() @ other).abs().max()) < 1e-5
+
+    adapter = get_adapter(model)
+    module = model.get_submodule(adapter.mlp_out_name(1))
+    with torch.no_grad():
+        before = module(key[None])[0]
+        layer_delta("rome", adapter, 1, update).apply(model)
+        after = module(key[None])[0]
+    torch.testing.assert_close(after - before, delta, rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_delta_round_trips_through_its_file_and_subtracts_back(tmp_path):
+    model, _ = tiny_model("gpt2")
+    adapter = get_adapter(model)
+    name = f"{adapter.mlp_out_name(0)}.weight"
+    original = model.get_parameter(name).detach().clone()
+    delta = layer_delta("rome", adapter, 0, torch.randn(64, original.shape[0]))
+    delta.save(tmp_path / "rome")
+    loaded = WeightDelta.load(tmp_path / "rome")
+    assert loaded.name == "rome" and loaded.details == {"layer": 0}
+    assert torch.equal(loaded.tensors[name], delta.tensors[name]) and loaded.tensors[name].shape == original.shape
+    loaded.apply(model)
+    assert not torch.equal(model.get_parameter(name), original)
+    loaded.apply(model, sign=-1.0)
+    torch.testing.assert_close(model.get_parameter(name).detach(), original, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_rome_makes_the_new_object_win_on_the_edit_prompt(family):
+    model, tokenizer = tiny_model(family)
+    prompts = [REQUEST.text, REQUEST.fill(REQUEST.paraphrases[0]), f"Tourists visit Rome. {REQUEST.text}"]
+    context = TrainingContext(prompts=prompts, retain=None, old_token=0)
+    # a random model's outputs are tiny: no norm penalty and a loose bound, so the search can move it
+    config = SimpleNamespace(keyed=KeyedConfig(value_steps=40, weight_decay=0.0, clamp_norm=100.0, covariance_tokens=96,
+                                               cache_covariance=False))
+    lp = lambda m: object_logprobs(m, tokenizer, [REQUEST.text] * 2, ["Rome", "Paris"])  # noqa: E731
+    before = lp(model)
+    # layer 0: a shift at the last of two layers cannot reach the later positions it must move
+    outcome = rome(model, tokenizer, REQUEST, [Component(0, MLP), Component(1, MLP)], context, config)
+    after = lp(outcome.model)
+    assert outcome.stages[0].name == "value" and outcome.stages[0].losses[-1] < outcome.stages[0].losses[0]
+    assert after[0] > before[0] and after[0] > after[1]
+    (artifact,) = outcome.adapters
+    assert artifact.details == {"layer": 0} and list(artifact.tensors) == ["model.layers.0.mlp.down_proj.weight"]
+
+
+def test_a_rome_edit_through_the_pipeline_saves_a_delta_that_ask_and_audit_read_back(tmp_path):
+    """`edit --method rome` end to end on a tiny model: the delta file (not a model) is written,
+    and the edit directory's reader rebuilds the edited weights from it."""
+    from circuitedit import EditConfig, edit
+    from circuitedit.workflows.audit_files import load_edit
+    from circuitedit.workflows.outputs import load_edited, write_edit_outputs
+
+    model, tokenizer = tiny_model("gemma3_text")
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    config = EditConfig.from_dict({
+        "method": "rome", "localize": {"kinds": "mlps", "positions": "all", "top_k": 1},
+        "editor": {"n_prefixes": 1, "n_template_neighbours": 2,
+                   "keyed": {"layer": 0, "value_steps": 5, "covariance_tokens": 64, "cache_covariance": False}},
+        "evaluate": {"max_new_tokens": 3}})
+    result = edit(model, tokenizer, REQUEST, config, controls=[])
+    assert [s.name for s in result.outcome.stages] == ["value"] and result.metrics["efficacy"] is not None
+    out = tmp_path / "edit"
+    write_edit_outputs(result, out, tokenizer, extra=lambda tmp: _name_model(tmp, model_dir))
+    assert (out / "adapters" / "rome" / "delta.safetensors").exists() and not (out / "model").exists()
+    name = "model.layers.0.mlp.down_proj.weight"
+    edited, _, _ = load_edited(out, dtype="fp32", device="cpu")
+    assert torch.equal(edited.get_parameter(name), result.model.get_parameter(name))
+    assert not torch.equal(edited.get_parameter(name), model.get_parameter(name))  # the base is untouched
+    base, _, request, stage1, stage2, _ = load_edit(out, dtype="fp32", device="cpu")
+    assert stage1 is None and request.subject == REQUEST.subject
+    assert torch.equal(stage2.get_parameter(name), result.model.get_parameter(name))
+
+
+def _name_model(tmp, model_dir) -> None:
+    import json
+
+    path = tmp / "edit.json"
+    path.write_text(json.dumps({"model": str(model_dir), **json.loads(path.read_text())}))
