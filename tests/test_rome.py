@@ -125,3 +125,19 @@ def _name_model(tmp, model_dir) -> None:
 
     path = tmp / "edit.json"
     path.write_text(json.dumps({"model": str(model_dir), **json.loads(path.read_text())}))
+
+
+def test_key_covariances_are_computed_in_one_pass_and_read_back_from_the_cache(tmp_path, monkeypatch):
+    from circuitedit.edit import covariance
+
+    model, tokenizer = tiny_model("llama")
+    spec = CorpusSpec(tokens=48, length=12)
+    first = covariance.layer_covariances(model, tokenizer, [0, 1], spec, root=tmp_path)
+    assert sorted(first) == [0, 1] and first[0].shape == (128, 128)
+    torch.testing.assert_close(first[1], first[1].T)  # a second moment is symmetric
+    monkeypatch.setattr(covariance, "sampled_texts", lambda *a, **k: pytest.fail("sampled again"))
+    again = covariance.layer_covariances(model, tokenizer, [1, 0], spec, root=tmp_path)
+    assert all(torch.equal(first[layer], again[layer]) for layer in (0, 1))
+    model.get_parameter("model.layers.0.mlp.up_proj.weight").data.mul_(2)  # another model: another key
+    with pytest.raises(pytest.fail.Exception, match="sampled again"):
+        covariance.layer_covariances(model, tokenizer, [0], spec, root=tmp_path)

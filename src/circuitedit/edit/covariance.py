@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,47 +61,82 @@ def sampled_texts(model: nn.Module, tokenizer, spec: CorpusSpec, batch: int = 32
 
 
 @torch.no_grad()
-def key_second_moment(model: nn.Module, tokenizer, layer: int, texts: list[str], batch: int = 16) -> tuple[torch.Tensor, int]:
-    """(C, n): the uncentred second moment E[k kᵀ] (d_k, d_k), fp64, of the down projection's
-    input at `layer` over every non-padding token of `texts`, and the number of keys n."""
+def key_second_moments(model: nn.Module, tokenizer, layers: list[int], texts: list[str],
+                       batch: int = 16) -> tuple[dict[int, torch.Tensor], int]:
+    """({layer: C}, n): the uncentred second moment E[k kᵀ] (d_k, d_k), fp64, of the down
+    projection's input at each of `layers` over every non-padding token of `texts` (one pass for
+    all layers), and the number of keys n."""
     adapter = get_adapter(model)
     device = input_device(model)
-    total: torch.Tensor | None = None
+    totals: dict[int, torch.Tensor] = {}
     count = 0
     for start in range(0, len(texts), batch):
         rows = [encode_text(tokenizer, t) for t in texts[start:start + batch]]
         ids, mask = pad_rows(rows, padding_id(tokenizer), "right", device)
-        with mlp_key_hook(model, adapter, layer) as keys:
+        with ExitStack() as stack:
+            captured = {layer: stack.enter_context(mlp_key_hook(model, adapter, layer)) for layer in layers}
             hidden_states(model, ids, mask)
-        k = keys[0][mask.bool()].double()  # (n, d_k)
-        total = k.T @ k if total is None else total + k.T @ k
-        count += k.shape[0]
-    return total / max(count, 1), count
+        for layer, keys in captured.items():
+            k = keys[0][mask.bool()].double()  # (n, d_k)
+            totals[layer] = k.T @ k + totals.get(layer, 0)
+        count += int(mask.sum())
+    return {layer: total / max(count, 1) for layer, total in totals.items()}, count
 
 
-def covariance_path(model: nn.Module, layer: int, spec: CorpusSpec, root: Path | None = None) -> Path:
+def _digest(fingerprint: str, *parts) -> str:
+    return hashlib.sha256(":".join([fingerprint, *map(str, parts)]).encode()).hexdigest()[:24]
+
+
+def corpus_texts(model: nn.Module, tokenizer, spec: CorpusSpec, fingerprint: str, root: Path | None) -> list[str]:
+    """The sampled corpus plus the shipped retain prompts, kept beside the covariances (sampling
+    is most of the one-time cost; every layer's C reads the same texts)."""
+    path = None if root is None else root / f"corpus-{_digest(fingerprint, spec.key())}.json"
+    if path is not None and path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    texts = sampled_texts(model, tokenizer, spec) + retain_prompts()
+    if path is not None:
+        _write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(texts), encoding="utf-8"))
+    return texts
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def layer_covariances(model: nn.Module, tokenizer, layers: list[int], spec: CorpusSpec | None = None,
+                      cache: bool = True, root: Path | None = None, progress=None) -> dict[int, torch.Tensor]:
+    """{layer: C (d_k, d_k) fp32}: read from the cache where this model's is there, the others
+    computed in one pass over the corpus and, with `cache`, written (atomically)."""
+    spec = spec or CorpusSpec()
     fingerprint = model_fingerprint(model)
-    digest = hashlib.sha256(f"{fingerprint}:{layer}:{spec.key()}".encode()).hexdigest()[:24]
-    return (root or cache_root()) / "covariance" / f"{digest}.safetensors"
+    folder = (root or cache_root()) / "covariance" if cache else None
+    paths = {layer: None if folder is None else folder / f"C-{_digest(fingerprint, layer, spec.key())}.safetensors"
+             for layer in layers}
+    found = {layer: load_file(str(path))["C"] for layer, path in paths.items() if path is not None and path.exists()}
+    missing = [layer for layer in layers if layer not in found]
+    if not missing:
+        return found
+    if progress:
+        progress(f"key statistics of layers {missing}: ~{spec.tokens} sampled tokens (once per model)")
+    texts = corpus_texts(model, tokenizer, spec, fingerprint, folder)
+    moments, count = key_second_moments(model, tokenizer, missing, texts)
+    for layer, moment in moments.items():
+        found[layer] = moment.float().contiguous()
+        if paths[layer] is not None:
+            meta = {"keys": str(count), "layer": str(layer), "corpus": spec.key()}
+            _write_atomic(paths[layer], lambda tmp, c=found[layer], m=meta: save_file({"C": c}, tmp, metadata=m))
+    return found
 
 
 def layer_covariance(model: nn.Module, tokenizer, layer: int, spec: CorpusSpec | None = None,
                      cache: bool = True, root: Path | None = None, progress=None) -> torch.Tensor:
-    """C (d_k, d_k) fp32 of `layer`, read from the cache when this model's is there, else computed
-    from the corpus (sampled text + the shipped retain prompts) and, with `cache`, written."""
-    spec = spec or CorpusSpec()
-    path = covariance_path(model, layer, spec, root) if cache else None
-    if path is not None and path.exists():
-        return load_file(str(path))["C"]
-    if progress:
-        progress(f"key statistics of layer {layer}: sampling ~{spec.tokens} tokens (once per model and layer)")
-    texts = sampled_texts(model, tokenizer, spec) + retain_prompts()
-    second, count = key_second_moment(model, tokenizer, layer, texts)
-    c = second.float().contiguous()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        save_file({"C": c}, tmp, metadata={"keys": str(count), "layer": str(layer), "corpus": json.dumps(spec.key())})
-        os.replace(tmp, path)
-    return c
+    """C (d_k, d_k) fp32 of one layer (`layer_covariances`)."""
+    return layer_covariances(model, tokenizer, [layer], spec, cache, root, progress)[layer]
