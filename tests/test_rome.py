@@ -141,3 +141,31 @@ def test_key_covariances_are_computed_in_one_pass_and_read_back_from_the_cache(t
     model.get_parameter("model.layers.0.mlp.up_proj.weight").data.mul_(2)  # another model: another key
     with pytest.raises(pytest.fail.Exception, match="sampled again"):
         covariance.layer_covariances(model, tokenizer, [0], spec, root=tmp_path)
+
+
+def test_rome_unlearn_then_learn_saves_both_stages_and_the_audit_rebuilds_them(tmp_path):
+    """The two-stage recipe on ROME: stage 1 the uncertainty answer, stage 2 the new object, at one
+    layer; the audit's stage-1 model is the base plus the first delta, stage 2 both."""
+    from circuitedit import EditConfig, edit
+    from circuitedit.workflows.audit_files import load_edit
+    from circuitedit.workflows.outputs import write_edit_outputs
+
+    model, tokenizer = tiny_model("llama")
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    config = EditConfig.from_dict({
+        "method": "rome-unlearn-then-learn", "localize": {"kinds": "mlps", "positions": "all", "top_k": 1},
+        "editor": {"n_prefixes": 1, "n_template_neighbours": 2, "uncertainty": "I am not sure .",
+                   "keyed": {"layer": 0, "value_steps": 5, "covariance_tokens": 64, "cache_covariance": False}},
+        "evaluate": {"max_new_tokens": 3}})
+    result = edit(model, tokenizer, REQUEST, config, controls=[])
+    assert [s.name for s in result.outcome.stages] == ["unlearn", "learn"]
+    out = tmp_path / "edit"
+    write_edit_outputs(result, out, tokenizer, extra=lambda tmp: _name_model(tmp, model_dir))
+    name = "model.layers.0.mlp.down_proj.weight"
+    base, _, _, stage1, stage2, meta = load_edit(out, dtype="fp32", device="cpu")
+    assert meta["saved_stages"] == ["unlearn", "learn"]
+    first = result.outcome.adapters[0].tensors[name]
+    torch.testing.assert_close(stage1.get_parameter(name), base.get_parameter(name) + first)
+    assert torch.equal(stage2.get_parameter(name), result.model.get_parameter(name))

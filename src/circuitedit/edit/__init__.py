@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (registration side effect: one line per editor)
     lora_localized,
     none,
     rome,
+    rome_unlearn_then_learn,
     unlearn_then_learn,
 )
 from .base import EDITORS, AdapterArtifact, EditorConfig, EditOutcome, TrainingContext, get_editor

@@ -152,8 +152,9 @@ def layer_delta(name: str, adapter, layer: int, update: torch.Tensor) -> WeightD
 
 
 @register("rome")
-def rome(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
-    """`model` is the pipeline's private copy (edit() deep-copies and freezes it)."""
+def rome(model, tokenizer, request, components, context, config, progress=None, covariance=None) -> EditOutcome:
+    """`model` is the pipeline's private copy (edit() deep-copies and freezes it). covariance: the
+    layer's C when the caller has it (a second edit of the same layer keys on the base model's)."""
     keyed = config.keyed
     adapter = get_adapter(model)
     layer = edited_layer(list(components), keyed.layer)
@@ -161,7 +162,8 @@ def rome(model, tokenizer, request, components, context, config, progress=None) 
     rows = value_rows(tokenizer, request, prompts, input_device(model))
     key, output = key_and_output(model, adapter, layer, rows)
     delta, log = optimise_value(model, adapter, layer, rows, output, keyed, progress)
-    covariance = layer_covariance(model, tokenizer, layer, CorpusSpec(keyed.covariance_tokens),
-                                  cache=keyed.cache_covariance)
+    if covariance is None:
+        covariance = layer_covariance(model, tokenizer, layer, CorpusSpec(keyed.covariance_tokens),
+                                      cache=keyed.cache_covariance)
     artifact = layer_delta("rome", adapter, layer, rank_one_update(key, delta, covariance.to(key.device), keyed.ridge))
     return EditOutcome(model=artifact.apply(model), stages=[log], adapters=[artifact])

@@ -82,7 +82,9 @@ def stage_dirs(edit_dir: Path | str, meta: dict | None = None) -> dict[str, Path
     root = Path(edit_dir) / "adapters"
     stages = adapter_dirs(edit_dir)
     if root.is_dir():
-        stages.update({d.name: d for d in sorted(root.iterdir()) if d.name not in stages and is_delta_dir(d)})
+        deltas = {d.name: d for d in root.iterdir() if d.name not in stages and is_delta_dir(d)}
+        order = [*STAGES, *sorted(set(deltas) - set(STAGES))]  # unlearn before learn, as trained
+        stages = {name: stages.get(name) or deltas[name] for name in order if name in stages or name in deltas}
     missing = [name for name in (meta or {}).get("saved_stages", []) if root.is_dir() and name not in stages]
     if missing:
         raise FileNotFoundError(f"{root / missing[0]} has no PEFT adapter or weight delta "
