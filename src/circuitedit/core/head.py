@@ -6,8 +6,8 @@ Every training loss is a function of a row's log-sum-exp, of a few picked logits
 object, watched tokens) and, for the KL term, of the reference-weighted sum of its logits. With a
 262k-token vocabulary the (rows, V) fp32 logits, their log-softmax and its gradient are 31 MB
 each for 30 rows; on CPU each new one is fresh pages from the OS, and filling, copying and
-softmaxing them cost about as much as the body's forward (measured on Gemma-3-270M: ~25 ms a
-fill, ~30 ms a log-softmax backward). Chunks of a few MB stay in cache and are reused.
+softmaxing them cost about as much as the body's forward (evidence: docs/speed.md). Chunks of a
+few MB stay in cache and are reused.
 """
 
 from __future__ import annotations
@@ -169,16 +169,15 @@ def head_reductions(model: nn.Module, hidden: torch.Tensor, pick: torch.Tensor |
 def head_top(model: nn.Module, hidden: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) argmax of the LM-head logits of `hidden` (N, H), the lowest token id among ties as
     torch.argmax, and (N, k) the k largest logits in fp32, k at most 2: what greedy decoding
-    needs. Chunked like `head_reductions` but without its softmax sums (a 96-probe greedy
-    snapshot of Gemma-3-270M on 2 CPU cores: 2.0 s against 2.3-2.4 s); the bf16 logits compare
-    exactly as their fp32 copies would."""
+    needs. Chunked like `head_reductions` but without its softmax sums, so greedy decoding is
+    cheaper (evidence: docs/speed.md); the bf16 logits compare exactly as their fp32 copies would."""
     head = model.get_output_embeddings()
     weight, bias = head.weight, getattr(head, "bias", None)
     cap = getattr(model.config, "final_logit_softcapping", None)
     x = hidden.reshape(-1, hidden.shape[-1]).to(weight.device, weight.dtype).contiguous()
-    # In fp32 the chunk's logits are computed as the tall product W_chunk @ x.T: for 2-96 rows it
-    # ran 1.5-3.5x faster than x @ W_chunk.T on 2 AVX2 cores (MKL picks a poor kernel for the
-    # short, wide one). bf16 keeps the measured x @ W_chunk.T (a 96-probe snapshot 2.0 s).
+    # In fp32 on CPU the chunk's logits are the tall product W_chunk @ x.T, for which MKL picks a
+    # faster kernel than for the short, wide x @ W_chunk.T; bf16 keeps x @ W_chunk.T (evidence:
+    # docs/speed.md).
     tall = weight.dtype == torch.float32 and x.device.type == "cpu"
     xt = x.T.contiguous() if tall else None  # (H, N)
     top_values = torch.full((x.shape[0], k), float("-inf"), device=x.device)

@@ -2,11 +2,11 @@
 
 Two parts of an edit read the same prompts on the unedited model: the localizer's search for a
 corrupting subject (the edit template filled with every pool subject of the subject's token
-length) and the hard-negative scan (the template filled with every pool subject). On the demo
-edit the first is 101 of the second's 314 prompts and took ~1 s of its own; one `PromptScan`
-per edit runs each prompt once and serves both. The edit preloads the whole filled template as
+length) and the hard-negative scan (the template filled with every pool subject); the first's
+prompts are a subset of the second's. One `PromptScan` per edit runs each prompt once and serves
+both (evidence: docs/speed.md). The edit preloads the whole filled template as
 one group (`preload`), kept in the reference cache, so a later edit of the same template (a
-dataset's relation, a re-run) reads the rows back instead of running ~314 prompts.
+dataset's relation, a re-run) reads the rows back instead of running the scan again.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .forward import iter_last_token_hidden
 from .head import head_reductions
 from .reference_cache import ModelReferences, tokenizer_identity
 
-SCAN_BATCH = 64  # prompts a forward; on 2 CPU cores 64 ran the 314-prompt scan fastest
+SCAN_BATCH = 64  # prompts a forward: the fastest batch for a scan on CPU (evidence: docs/speed.md)
 
 
 @dataclass

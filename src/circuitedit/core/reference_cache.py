@@ -4,8 +4,8 @@ Every edit of a model starts by asking it the same things: the control facts (th
 F_control) and the short texts it samples as training-prompt prefixes. Both depend only on the
 model's weights, the tokenizer, the texts and a few settings, so they are stored under a
 fingerprint of all of those and read back by later edits of the same model, as ROME keeps its
-layer statistics on disk: the first edit of a model pays for them, later ones skip ~2 s of a
-~27 s edit (docs/speed.md). A change of any weight, of the texts, of a setting or of the software
+layer statistics on disk: the first edit of a model pays for them, later ones skip that work
+(evidence: docs/speed.md). A change of any weight, of the texts, of a setting or of the software
 that computes them is a new key, never a stale answer.
 
 `ReferenceCache(None)` keeps entries in memory only (many edits in one process); with a folder
@@ -48,9 +48,8 @@ def _sha256(chunk) -> bytes:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """sha256 over the model's class, config and the bytes of every parameter and buffer.
-
-    ~0.16 s for Gemma-3-270M on 2 CPU cores (SHA extensions, two threads)."""
+    """sha256 over the model's class, config and the bytes of every parameter and buffer, hashed
+    in chunks on two threads so that it stays a small part of an edit (evidence: docs/speed.md)."""
     outer = hashlib.sha256(type(model).__name__.encode())
     config = getattr(model, "config", None)
     if config is not None:

@@ -25,9 +25,8 @@ class EditorConfig(CheckedConfig):
     """What the editors train and how; `validate` runs at construction."""
 
     unlearn: StageConfig = field(default_factory=lambda: StageConfig(margin=1.0), metadata={"help": "the unlearn stage (stage 1: answer with the uncertainty text)"})
-    # A larger learn margin generalises to more held-out paraphrases, at more steps. On 8 dev
-    # edits (docs/tuning.md): margin 2 / 4 / 5 / 6 gives paraphrase accuracy 0.50 / 0.66 / 0.69 / 0.75,
-    # 25 / 30 / 35 / 45 steps; 6 also loses neighbourhood accuracy (0.78 -> 0.70).
+    # A larger learn margin generalises to more held-out paraphrases, at more steps; too large a
+    # one drags neighbours along (evidence: docs/tuning.md).
     learn: StageConfig = field(default_factory=lambda: StageConfig(margin=5.0), metadata={"help": "the learn stage (stage 2: answer with the new object)"})
     uncertainty: str = field(default="I am not sure.", metadata={"help": "what the unlearn stage trains the model to answer; may use {subject}"})
     mlp_scaling: str = field(default="hidden", metadata={"help": "IA3 on the MLP's hidden units (hidden) or its output (output)"})
@@ -35,8 +34,8 @@ class EditorConfig(CheckedConfig):
     n_prefixes: int = field(default=5, metadata={"help": "model-generated context prefixes added to the training prompts"})
     n_template_neighbours: int = field(default=8, metadata={"help": "other subjects in the edit template, kept by the KL term"})
     # Made-up siblings of the subject ("Ferrari Tower" for "Ferrari Mondial") also kept by the KL
-    # term. Off by default: on 8 dev edits they cost 30% more steps and one forget failure
-    # without lifting neighbourhood accuracy (docs/tuning.md).
+    # term. Off by default: they cost steps and forgetting without sparing neighbours (evidence:
+    # docs/tuning.md).
     n_sibling_neighbours: int = field(default=0, metadata={"help": "made-up siblings of the subject, kept by the KL term"})
     # Learning rates of the weight-training baselines (the stage configs' lr is an IA3 rate):
     # Adam on full weights (ft-full, ft-localized) and on LoRA factors (lora-localized).

@@ -19,13 +19,13 @@ class EvalConfig(CheckedConfig):
 
     max_new_tokens: int = field(default=10, metadata={"help": "greedy tokens generated per cloze probe"})
     chat_max_new_tokens: int = field(default=24, metadata={"help": "greedy tokens generated per chat-form probe"})
-    # measured on CPU: 128 evaluates 96 probes in 2.1 s, 32 in 2.7 s
+    # Large batches decode faster on CPU (evidence: docs/speed.md).
     batch_size: int = field(default=128, metadata={"help": "probes evaluated per batch"})
-    # A control or neighbourhood fact counts as known before the edit when the greedy continuation
-    # names its answer AND the first generated token wins by at least this many logits. Facts the
-    # model answers by a near-tie (0.1 logit) flip under any perturbation, even bf16 rounding, and
-    # would measure noise rather than collateral damage. 0 counts every correct continuation.
-    known_margin: float = field(default=1.0, metadata={"help": "a control fact counts as stated when its first token wins by this many logits"})
+    # F_control and neighbourhood accuracy count every fact the unedited model states; this margin
+    # only defines their `_clear` columns (f_control_clear, neighbourhood_accuracy_clear): facts
+    # stated with a first token that wins by at least this many logits, leaving out near-ties that
+    # flip under any perturbation, even bf16 rounding (evidence: docs/metrics.md).
+    known_margin: float = field(default=1.0, metadata={"help": "the _clear metrics count only facts stated by a first-token margin of at least this many logits"})
 
     def validate(self, section: str = "evaluate") -> None:
         """Raise a ValueError naming the first field (as `section.field`) that cannot measure."""

@@ -19,9 +19,9 @@ class LocalizeConfig(CheckedConfig):
     top_k: int = field(default=8, metadata={"help": "number of components selected: those the edit trains"})
     # The edit trains MLPs ranked by their effect at the subject's tokens (fact lookup, Guo et al.
     # 2024): an IA3 vector on an MLP's hidden units only acts where those units fire, so it can
-    # be specific to a subject, while a scaled head output moves every prompt that head reads.
-    # Measured on 8 dev edits: F_control 0.964 vs 0.92 and neighbourhood 0.78 vs 0.56 for
-    # "both"/"all" (docs/tuning.md). Heads and last-token effects stay selectable.
+    # be specific to a subject, while a scaled head output moves every prompt that head reads, so
+    # MLPs at the subject spare more controls and neighbours than "both"/"all" (evidence:
+    # docs/tuning.md). Heads and last-token effects stay selectable.
     kinds: str = field(default="mlps", metadata={"help": "which components are ranked and selected: heads, mlps or both"})
     positions: str = field(default="subject", metadata={"help": "rank components by their effect at the subject tokens, the last token, or all"})
     max_layer_fraction: float = field(default=1.0, metadata={"help": "select only components in the first this-share of layers, in (0, 1]"})

@@ -51,11 +51,9 @@ class LoadedModel:
 def cpu_has_fast_bf16() -> bool:
     """Whether bf16 matmuls beat fp32 on this CPU, the ones an edit spends its time in.
 
-    AMX tiles: yes (a training forward+backward 0.41 s in bf16 against 1.3 s in fp32, 2 cores).
-    No AVX512-BF16: no, bf16 is emulated. AVX512-BF16 without AMX differs by CPU, so it is
-    measured: on a Xeon bf16 was 1.4-1.6x *slower* (the demo edit 76.0 s against 70.3 s), on an
-    AMD EPYC 4.8x faster (a 150x640x2048 matmul 0.80 ms against 3.85 ms; the demo edit 27.8 s
-    against 67.1 s). `get_cpu_capability()` says "AVX512" on all of them."""
+    AMX tiles: yes. No AVX512-BF16: no, bf16 is emulated. AVX512-BF16 without AMX is slower on
+    some CPUs and much faster on others, so it is measured (`bf16_matmul_speedup`);
+    `get_cpu_capability()` says "AVX512" on all of them (evidence: docs/speed.md)."""
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return True
     if not getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
@@ -63,7 +61,7 @@ def cpu_has_fast_bf16() -> bool:
     return bf16_matmul_speedup() >= BF16_SPEEDUP_NEEDED
 
 
-# Measured ratios sit far on either side (0.65 and 4.8), so the threshold need not be tuned.
+# The ratios seen sit far on either side, so the threshold need not be tuned (evidence: docs/speed.md).
 BF16_SPEEDUP_NEEDED = 1.3
 
 

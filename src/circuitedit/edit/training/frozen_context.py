@@ -3,8 +3,8 @@
 The model-generated prefixes before the edit prompt ("The 2019 NFL season was. The Eiffel
 Tower is located in the city of") are there so that the edit holds after unrelated text, not to
 be trained: their keys and values are taken at the stage's starting weights, once, and every
-step runs only the prompt and target tokens against them, detached. On the demo edit that is
-~14 live tokens a row instead of ~26.
+step runs only the prompt and target tokens against them, detached: about half of each row's
+tokens (evidence: docs/speed.md).
 """
 
 from __future__ import annotations

@@ -36,23 +36,22 @@ class StageConfig(CheckedConfig):
     min_steps: int = field(default=1, metadata={"help": "steps taken before the stopping rule is checked, in [0, max_steps]"})
     margin: float = field(default=2.0, metadata={"help": "stop once every target token is the argmax by this many logits"})
     # The old object's first token must also sit this many logits below the target's first token.
-    # A gap, not a rank: once the new object leads by 8 logits the old one at rank 4 has
-    # p < 0.001, and the rank test used to add ~50 steps (and drift) for nothing.
+    # A gap, not a rank: a rank test kept training (and drifting) long after the old object was
+    # improbable (evidence: docs/tuning.md).
     old_gap: float = field(default=3.0, metadata={"help": "and the old object's first token sits this many logits below the target's"})
     kl_weight: float = field(default=2.0, metadata={"help": "weight of the KL to the unedited model's next tokens on the retain prompts"})
     # Penalty on any rise of the targets' first tokens' log-probability on the retain prompts
     # (hinge on current - original): the KL term barely notices P(new) going from 1e-4 to 1e-2
     # on a neighbour, yet that is what lets the new object overtake a neighbour's true answer.
-    # Off by default: on 8 dev edits weight 1 lifts CounterFact neighbourhood specificity 0.72 ->
-    # 0.85 but lowers held-out paraphrase accuracy 0.66 -> 0.53 (docs/tuning.md).
+    # Off by default: it trades held-out paraphrases for neighbourhood specificity (evidence:
+    # docs/tuning.md).
     leak_weight: float = field(default=0.0, metadata={"help": "weight of the hinge on any rise of the targets' first tokens on the retain prompts"})
     suppress_weight: float = field(default=1.0, metadata={"help": "weight of the unlikelihood of the old object's first token"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
     # Adam's moment decay rates. No momentum (beta1 0, i.e. RMSprop with bias correction): the
     # KL term pulls against the target and momentum carried the stage into oscillations of
-    # several steps. On the 22 dev edits (docs/speed.md; AMD EPYC, bf16), against (0.9, 0.999): 33.0
-    # steps against 40.5, F_control 0.983 vs 0.964, neighbourhood 0.855 vs 0.594, CounterFact
-    # specificity 0.777 vs 0.573; held-out paraphrases 0.477 vs 0.523, forget 0.955 vs 0.970.
+    # several steps; without it a stage takes fewer steps and spares more neighbours, at a small
+    # cost in held-out paraphrases (evidence: docs/tuning.md).
     beta1: float = field(default=0.0, metadata={"help": "Adam's first-moment decay rate, in [0, 1) (0: no momentum)"})
     beta2: float = field(default=0.99, metadata={"help": "Adam's second-moment decay rate, in [0, 1)"})
     # Train only this share of each vector's units: those with the largest first-step gradient.
@@ -62,9 +61,8 @@ class StageConfig(CheckedConfig):
     # Rotating retain prompts per evaluation of the retain terms, taken in turn (the pinned
     # same-template neighbours are in every one), and how often those terms are evaluated: every
     # `retain_every` steps, their gradient extrapolated in between (RetainTerm). Their forward
-    # and backward is most of a step. On 22 dev edits (docs/tuning.md; AMD machine), 8 prompts every 2 steps against
-    # 16 every step: 40.7 steps against 35.8, each far cheaper; held-out paraphrases 0.55 vs 0.52,
-    # forget 0.985 vs 0.970, F_control 0.968 vs 0.964, neighbourhood 0.594 vs 0.595.
+    # and backward is most of a step: fewer, rarer evaluations take a few more, far cheaper steps
+    # at the same quality (evidence: docs/tuning.md).
     retain_batch: int = field(default=8, metadata={"help": "rotating retain prompts per evaluation of the retain terms"})
     retain_every: int = field(default=2, metadata={"help": "evaluate the retain terms every this many steps (their gradient extrapolated between)"})
     # LM-head shortlist (ShortlistedHead; RetainSet.shortlisted): most steps compute the logits of
@@ -79,16 +77,12 @@ class StageConfig(CheckedConfig):
     # tokens (FrozenContextBatch).
     frozen_context: bool = field(default=True, metadata={"help": "run each prompt's leading context once per stage and reuse its KV cache"})
     # The attention kernel while the stage trains (any `attn_implementation` transformers knows;
-    # None keeps the model's), restored afterwards; evaluation keeps the model's. Eager against
-    # SDPA, whose CPU backward is ~10x its forward for these few-token rows, on the 22 dev edits
-    # (docs/speed.md), two screens on two CPUs: AMD EPYC 0.95x the time, every quality mean within
-    # one neighbour of SDPA's or above (held-out paraphrases 0.523 vs 0.477); Xeon with AMX 0.97x,
-    # forget 0.955 vs 0.970 (one prompt), F_control 0.983 vs 0.979. Rounding noise either way.
+    # None keeps the model's), restored afterwards; evaluation keeps the model's. Eager because
+    # SDPA's CPU backward is slow for these few-token rows; quality is the same within rounding
+    # (evidence: docs/tuning.md, docs/speed.md).
     attention: str | None = field(default="eager", metadata={"help": "attention kernel while the stage trains (null: the model's)"})
     # Cross-entropy only on the target tokens whose margin is below `margin + focus_slack` (None:
-    # on every token). On the 22 dev edits (docs/speed.md; AMD EPYC, bf16) slack 0 takes 28.1 steps
-    # against 35.8 (0.85x the time) but forget 0.924 vs 0.955; slack 1: 30.8 steps, forget 0.939,
-    # held-out paraphrases 0.455 vs 0.477. Not the default: it trades forgetting for speed.
+    # on every token). Not the default: it trades forgetting for speed (evidence: docs/tuning.md).
     focus_slack: float | None = field(default=None, metadata={"help": "cross-entropy only on target tokens below margin + this (null: on every token)"})
 
     def validate(self, section: str = "stage") -> None:
@@ -170,7 +164,7 @@ class RetainTerm:
     `config.retain_every` steps (lazy regularization, as StyleGAN2 does for its R1 term): the
     retain forward and backward are most of a step's cost. In between, the gradient is
     extrapolated linearly from its last two evaluations; plain reuse lags behind the moving
-    params and makes the stage oscillate (measured: +15% steps on the dev edits)."""
+    params and makes the stage oscillate (evidence: docs/tuning.md)."""
 
     def __init__(self, retain: RetainSet | None, config: StageConfig, params: Sequence[nn.Parameter],
                  watched: torch.Tensor | None):

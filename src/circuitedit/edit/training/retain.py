@@ -16,8 +16,8 @@ from ...core.forward import hidden_states, input_device, logits_from_hidden
 from ...core.head import Shortlist, TailEstimate, head_reductions
 from ...core.tokens import encode_text, pad_rows, padding_id
 
-# What one more forward pass costs, in padded tokens: measured on 2 CPU cores (Gemma-3-270M,
-# bf16) a forward+backward costs ~1.7 ms a token and ~50 ms a pass (per-op dispatch, weights read).
+# What one more forward pass costs, in padded tokens: a pass's fixed cost (per-op dispatch,
+# weights read) against its cost per token (evidence: docs/speed.md).
 FORWARD_OVERHEAD_TOKENS = 32
 # Rises of a watched log-probability up to this many nats are rounding, not leaks: the current
 # log-probabilities come from chunked sums and other batch compositions than the reference's, so
