@@ -16,7 +16,7 @@ from circuitedit.edit.deltas import WeightDelta
 from circuitedit.edit.keyed import KeyedConfig
 from circuitedit.edit.rome import layer_delta, rank_one_update, rome
 from circuitedit.models import MLP, Component, get_adapter
-from tiny import FAMILIES, tiny_model
+from tiny import FAMILIES, keyed_edit, tiny_model
 
 REQUEST = EditRequest(subject="Eiffel Tower", prompt="The {} is located in the city of", old_object="Paris",
                       new_object="Rome", paraphrases=["Tourists visit the {} in the city of"])
@@ -93,23 +93,11 @@ def test_rome_makes_the_new_object_win_on_the_edit_prompt(family):
 def test_a_rome_edit_through_the_pipeline_saves_a_delta_that_ask_and_audit_read_back(tmp_path):
     """`edit --method rome` end to end on a tiny model: the delta file (not a model) is written,
     and the edit directory's reader rebuilds the edited weights from it."""
-    from circuitedit import EditConfig, edit
     from circuitedit.workflows.audit_files import load_edit
-    from circuitedit.workflows.outputs import load_edited, write_edit_outputs
+    from circuitedit.workflows.outputs import load_edited
 
-    model, tokenizer = tiny_model("gemma3_text")
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    config = EditConfig.from_dict({
-        "method": "rome", "localize": {"kinds": "mlps", "positions": "all", "top_k": 1},
-        "editor": {"n_prefixes": 1, "n_template_neighbours": 2,
-                   "keyed": {"layer": 0, "value_steps": 5, "covariance_tokens": 64, "cache_covariance": False}},
-        "evaluate": {"max_new_tokens": 3}})
-    result = edit(model, tokenizer, REQUEST, config, controls=[])
+    model, result, out = keyed_edit(tmp_path, "gemma3_text", "rome", REQUEST)
     assert [s.name for s in result.outcome.stages] == ["value"] and result.metrics["efficacy"] is not None
-    out = tmp_path / "edit"
-    write_edit_outputs(result, out, tokenizer, extra=lambda tmp: _name_model(tmp, model_dir))
     assert (out / "adapters" / "rome" / "delta.safetensors").exists() and not (out / "model").exists()
     name = "model.layers.0.mlp.down_proj.weight"
     edited, _, _ = load_edited(out, dtype="fp32", device="cpu")
@@ -118,13 +106,6 @@ def test_a_rome_edit_through_the_pipeline_saves_a_delta_that_ask_and_audit_read_
     base, _, request, stage1, stage2, _ = load_edit(out, dtype="fp32", device="cpu")
     assert stage1 is None and request.subject == REQUEST.subject
     assert torch.equal(stage2.get_parameter(name), result.model.get_parameter(name))
-
-
-def _name_model(tmp, model_dir) -> None:
-    import json
-
-    path = tmp / "edit.json"
-    path.write_text(json.dumps({"model": str(model_dir), **json.loads(path.read_text())}))
 
 
 def test_key_covariances_are_computed_in_one_pass_and_read_back_from_the_cache(tmp_path, monkeypatch):
@@ -146,23 +127,10 @@ def test_key_covariances_are_computed_in_one_pass_and_read_back_from_the_cache(t
 def test_rome_unlearn_then_learn_saves_both_stages_and_the_audit_rebuilds_them(tmp_path):
     """The two-stage recipe on ROME: stage 1 the uncertainty answer, stage 2 the new object, at one
     layer; the audit's stage-1 model is the base plus the first delta, stage 2 both."""
-    from circuitedit import EditConfig, edit
     from circuitedit.workflows.audit_files import load_edit
-    from circuitedit.workflows.outputs import write_edit_outputs
 
-    model, tokenizer = tiny_model("llama")
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    config = EditConfig.from_dict({
-        "method": "rome-unlearn-then-learn", "localize": {"kinds": "mlps", "positions": "all", "top_k": 1},
-        "editor": {"n_prefixes": 1, "n_template_neighbours": 2, "uncertainty": "I am not sure .",
-                   "keyed": {"layer": 0, "value_steps": 5, "covariance_tokens": 64, "cache_covariance": False}},
-        "evaluate": {"max_new_tokens": 3}})
-    result = edit(model, tokenizer, REQUEST, config, controls=[])
+    _, result, out = keyed_edit(tmp_path, "llama", "rome-unlearn-then-learn", REQUEST, uncertainty="I am not sure .")
     assert [s.name for s in result.outcome.stages] == ["unlearn", "learn"]
-    out = tmp_path / "edit"
-    write_edit_outputs(result, out, tokenizer, extra=lambda tmp: _name_model(tmp, model_dir))
     name = "model.layers.0.mlp.down_proj.weight"
     base, _, _, stage1, stage2, meta = load_edit(out, dtype="fp32", device="cpu")
     assert meta["saved_stages"] == ["unlearn", "learn"]

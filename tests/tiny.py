@@ -82,3 +82,33 @@ def tiny_model(family: str, seed: int = 0):
     model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer)), dtype=torch.float32)
     model.eval()
     return model, tokenizer
+
+
+def keyed_edit(tmp_path, family: str, method: str, request, **editor):
+    """(base model, EditResult, edit directory): `method` (a key-value editor) run through the
+    pipeline on a tiny `family` model saved under tmp_path/model, at MLP layer 0 with a short value
+    search and a small uncached covariance corpus (`editor` overrides EditorConfig fields), and
+    its edit directory written to tmp_path/edit, naming that model as `edit --out` does."""
+    import json
+
+    from circuitedit import EditConfig, edit
+    from circuitedit.workflows.outputs import write_edit_outputs
+
+    model, tokenizer = tiny_model(family)
+    model_dir = tmp_path / "model"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    keyed = {"layer": 0, "value_steps": 5, "covariance_tokens": 64, "cache_covariance": False}
+    config = EditConfig.from_dict({
+        "method": method, "localize": {"kinds": "mlps", "positions": "all", "top_k": 1},
+        "editor": {"n_prefixes": 1, "n_template_neighbours": 2, "keyed": keyed, **editor},
+        "evaluate": {"max_new_tokens": 3}})
+    result = edit(model, tokenizer, request, config, controls=[])
+
+    def name_model(tmp) -> None:
+        path = tmp / "edit.json"
+        path.write_text(json.dumps({"model": str(model_dir), **json.loads(path.read_text())}))
+
+    out = tmp_path / "edit"
+    write_edit_outputs(result, out, tokenizer, extra=name_model)
+    return model, result, out

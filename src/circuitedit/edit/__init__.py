@@ -3,11 +3,13 @@ the machinery they share. Add one by adding a file and a line here. May import `
 and `core`."""
 
 from . import (  # noqa: F401  (registration side effect: one line per editor)
+    alphaedit,
     ft_full,
     ft_localized,
     ia3_all_layers,
     learn_only,
     lora_localized,
+    memit,
     none,
     rome,
     rome_unlearn_then_learn,

@@ -43,7 +43,7 @@ class EditorConfig(CheckedConfig):
     lora_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of lora-localized (LoRA factors)"})
     seed: int = field(default=0, metadata={"help": "seed of the sampled prefixes and of training"})
     keyed: KeyedConfig = field(default_factory=KeyedConfig, metadata={
-        "help": "the key-value editors (rome): layer, value search, key covariance"})
+        "help": "the key-value editors (rome, memit, alphaedit): layers, value search, key covariance"})
 
     def validate(self, section: str = "editor") -> None:
         """Raise a ValueError naming the first field (as `section.field`, a stage's as

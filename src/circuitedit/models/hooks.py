@@ -103,13 +103,25 @@ def mlp_output_shift(model: nn.Module, adapter, layer: int, rows: torch.Tensor, 
                      delta: torch.Tensor) -> Iterator[None]:
     """Add `delta` (d,) to the output of `layer`'s MLP output projection at (rows[i],
     positions[i]) for every i: where a key-value editor writes its new value."""
-    def hook(_module, _args, output):
-        shifted = output.clone()
-        shifted[rows, positions] = shifted[rows, positions] + delta.to(output.dtype)
-        return shifted
-
-    handle = model.get_submodule(adapter.mlp_out_name(layer)).register_forward_hook(hook)
+    handle = model.get_submodule(adapter.mlp_out_name(layer)).register_forward_hook(
+        lambda _module, _args, output: _add_at(output, rows, positions, delta))
     try:
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def layer_output_shift(model: nn.Module, adapter, layer: int, rows: torch.Tensor, positions: torch.Tensor,
+                       delta: torch.Tensor) -> Iterator[None]:
+    """Add `delta` (d,) to the hidden state that decoder layer `layer` outputs (the residual stream
+    after it) at (rows[i], positions[i]) for every i: where MEMIT writes its target."""
+    with layer_output_hooks(model, adapter,
+                            lambda index, hidden: _add_at(hidden, rows, positions, delta) if index == layer else None):
+        yield
+
+
+def _add_at(activation: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    shifted = activation.clone()
+    shifted[rows, positions] = shifted[rows, positions] + delta.to(activation.dtype)
+    return shifted

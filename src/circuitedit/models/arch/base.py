@@ -30,6 +30,9 @@ class ArchitectureAdapter:
     heads_attr: str = "num_attention_heads"
     # Linear weights stored (in, out), as transformers' Conv1D (GPT-2) does: PEFT's fan_in_fan_out.
     weights_transposed: bool = False
+    # A norm the MLP output passes before it joins the residual (Gemma-3's post-feedforward norm),
+    # relative to a layer; None where the down projection's output is added as it is.
+    mlp_out_norm: str | None = None
 
     # ---- names -------------------------------------------------------------------------
     def layer_name(self, layer: int) -> str:
@@ -40,6 +43,9 @@ class ArchitectureAdapter:
 
     def mlp_out_name(self, layer: int) -> str:
         return f"{self.layer_name(layer)}.{self.mlp_out}"
+
+    def mlp_out_norm_name(self, layer: int) -> str | None:
+        return None if self.mlp_out_norm is None else f"{self.layer_name(layer)}.{self.mlp_out_norm}"
 
     def module_name(self, component: Component) -> str:
         """The module whose input (heads) or output (MLP) carries this component."""

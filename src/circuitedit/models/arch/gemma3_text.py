@@ -9,4 +9,5 @@ ADAPTER = ArchitectureAdapter(
     mlp_out="mlp.down_proj",
     attn_in=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     mlp_in=("mlp.gate_proj", "mlp.up_proj"),
+    mlp_out_norm="post_feedforward_layernorm",
 )
