@@ -394,3 +394,13 @@ def test_edit_flags_override_the_saved_configs_selection(saved_tiny, tmp_path, c
     selection = {k: result["config"]["localize"][k] for k in ("positions", "kinds", "top_k")}
     assert selection == {"positions": "last", "kinds": "mlps", "top_k": 1}
     assert len(result["components"]) == 1 and result["components"][0]["kind"] == "mlp"
+
+
+def test_the_method_help_names_every_registered_editor(capsys):
+    from circuitedit.edit import EDITORS
+
+    with pytest.raises(SystemExit):
+        main(["edit", "-h"])
+    text = " ".join(capsys.readouterr().out.split())
+    help_text = text[text.index("--method METHOD"):text.index("--config CONFIG")].replace("- ", "-")
+    assert all(name in help_text for name in EDITORS), help_text

@@ -72,7 +72,8 @@ def add_edit_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--localizer", default=None, help=config_help(LocalizeConfig, "method", LOCALIZER_NAMES))
     parser.add_argument("--method", default=None,
                         help=config_help(EditConfig, "method", ": unlearn-then-learn (default), learn-only, "
-                                         "ia3-all-layers, lora-localized, ft-localized, ft-full, none"))
+                                         "ia3-all-layers, rome, memit, alphaedit, rome-unlearn-then-learn, "
+                                         "lora-localized, ft-localized, ft-full, none"))
     parser.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
     parser.add_argument("--seed", type=int, default=None,
                         help=f"{config_help(LocalizeConfig, 'seed')}; {config_help(EditorConfig, 'seed')}")
