@@ -402,5 +402,6 @@ def test_the_method_help_names_every_registered_editor(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "-h"])
     text = " ".join(capsys.readouterr().out.split())
-    help_text = text[text.index("--method METHOD"):text.index("--config CONFIG")].replace("- ", "-")
+    start = text.index("--method METHOD the editing method")
+    help_text = text[start:text.index("--config CONFIG", start)].replace("- ", "-")
     assert all(name in help_text for name in EDITORS), help_text
