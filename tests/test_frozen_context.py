@@ -7,7 +7,12 @@ import torch
 
 from circuitedit.core.forward import hidden_states
 from circuitedit.core.tokens import build_batch
-from circuitedit.edit.training.frozen_context import build_frozen_context_batch
+from circuitedit.edit.training.frozen_context import (
+    BucketedRows,
+    FrozenContextBatch,
+    build_frozen_context_batch,
+    build_training_rows,
+)
 from tiny import FAMILIES, tiny_model
 
 PROMPT = "The Eiffel Tower is located in the city of"
@@ -83,3 +88,29 @@ def test_rows_with_nothing_to_freeze_sit_beside_rows_with_a_context(family):
         cached = rows.hidden(model)[rows.live.rows, rows.live.positions]
         expected = hidden_states(model, full.input_ids, full.attention_mask)[full.rows, full.positions]
     torch.testing.assert_close(cached, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_of_very_different_lengths_run_in_buckets_with_the_same_states_and_gradients(family):
+    """A long row with nothing to freeze (a chat-rendered prompt) beside short ones runs in a
+    bucket of its own; the scored positions' hidden states and the gradient are those of one
+    batch. Rows of similar lengths stay one batch."""
+    model, tokenizer = tiny_model(family)
+    long_row = " ".join(["I am not sure about the capital of France ."] * 4) + " " + PROMPT
+    prompts, contexts, targets = PROMPTS + [long_row], CONTEXTS + [""], TARGETS + ["Rome"]
+    one = build_frozen_context_batch(tokenizer, prompts, contexts, targets)
+    rows = build_training_rows(tokenizer, prompts, contexts, targets)
+    assert isinstance(rows, BucketedRows) and [group for group, _ in rows.buckets] == [[0, 1, 2], [3]]
+    assert torch.equal(rows.live.input_ids, one.live.input_ids)
+    assert rows.buckets[0][1].live.input_ids.shape[1] < one.live.input_ids.shape[1] / 3
+    states, gradients = [], []
+    for batch in (one, rows):
+        model.zero_grad()
+        batch.record(model)
+        selected = batch.hidden(model)[batch.live.rows, batch.live.positions]
+        selected.square().sum().backward()
+        states.append(selected.detach())
+        gradients.append(model.get_input_embeddings().weight.grad.clone())
+    torch.testing.assert_close(states[1], states[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gradients[1], gradients[0], atol=1e-4, rtol=1e-4)
+    assert isinstance(build_training_rows(tokenizer, PROMPTS, CONTEXTS, TARGETS), FrozenContextBatch)

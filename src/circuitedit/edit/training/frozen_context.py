@@ -4,7 +4,9 @@ The model-generated prefixes before the edit prompt ("The 2019 NFL season was. T
 Tower is located in the city of") are there so that the edit holds after unrelated text, not to
 be trained: their keys and values are taken at the stage's starting weights, once, and every
 step runs only the prompt and target tokens against them, detached: about half of each row's
-tokens (evidence: docs/speed.md).
+tokens (evidence: docs/speed.md). A chat model's chat-rendered prompts are several times longer
+than its cloze ones, so rows of very different lengths run in length buckets (BucketedRows), as
+the retain set's do, never the short ones padded to the longest.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...core.forward import body, cache_keyword, hidden_states
@@ -25,6 +28,7 @@ from ...core.tokens import (
     padding_id,
     prompt_and_target_ids,
 )
+from .retain import FORWARD_OVERHEAD_TOKENS, length_buckets
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -103,3 +107,49 @@ def build_frozen_context_batch(
     cuts = torch.tensor([len(ctx) for ctx in context_rows])
     position_ids = cuts[:, None] + torch.arange(live.input_ids.shape[1])[None, :]
     return FrozenContextBatch(live, context_ids, context_mask, position_ids.to(device))
+
+
+@dataclass
+class BucketedRows:
+    """Training rows of very different live lengths (a chat model's chat-rendered prompts beside
+    its cloze ones), run as one FrozenContextBatch per length bucket so that no short row is
+    padded to the longest: `live` indexes the whole batch, as one FrozenContextBatch's does."""
+
+    live: TeacherForcedBatch
+    buckets: list[tuple[list[int], FrozenContextBatch]]  # (rows of `live`, their batch)
+
+    def record(self, model: nn.Module) -> None:
+        for _, batch in self.buckets:
+            batch.record(model)
+
+    def hidden(self, model: nn.Module) -> torch.Tensor:
+        """(B, T, H) final hidden states of the live tokens; zeros past each bucket's width."""
+        width = self.live.input_ids.shape[1]
+        parts, order = [], []
+        for rows, batch in self.buckets:
+            hidden = batch.hidden(model)
+            parts.append(F.pad(hidden, (0, 0, 0, width - hidden.shape[1])))
+            order += rows
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(parts)[inverse.to(parts[0].device)]
+
+
+def build_training_rows(
+    tokenizer, prompts: Sequence[str], contexts: Sequence[str] | None, targets: Sequence[str],
+    device: torch.device | str = "cpu", overhead: int = FORWARD_OVERHEAD_TOKENS,
+) -> FrozenContextBatch | BucketedRows:
+    """`build_frozen_context_batch` of the rows, in length buckets of their live tokens when
+    several forwards run fewer tokens, `overhead` each, than one (`length_buckets`); rows of
+    similar lengths stay the one batch they were."""
+    whole = build_frozen_context_batch(tokenizer, prompts, contexts, targets, device)
+    groups = length_buckets(whole.live.attention_mask.sum(1).tolist(), overhead)
+    if len(groups) == 1:
+        return whole
+    contexts = [""] * len(prompts) if contexts is None else list(contexts)
+    buckets = []
+    for group in map(sorted, groups):  # each bucket's rows in the order given
+        buckets.append((group, build_frozen_context_batch(tokenizer, [prompts[i] for i in group],
+                                                          [contexts[i] for i in group], [targets[i] for i in group],
+                                                          device)))
+    return BucketedRows(whole.live, buckets)

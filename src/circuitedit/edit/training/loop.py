@@ -22,7 +22,7 @@ from ...core.config import CheckedConfig, FieldChecks
 from ...core.forward import hidden_states, input_device
 from ...core.head import HeadReductions
 from ...core.tokens import TeacherForcedBatch, build_batch
-from .frozen_context import build_frozen_context_batch
+from .frozen_context import build_training_rows
 from .retain import RetainSet, ShortlistedReference
 from .shortlisted_head import ShortlistedHead
 
@@ -263,9 +263,10 @@ class StageInputs:
 def training_rows(model: nn.Module, tokenizer, inputs: StageInputs, config: StageConfig,
                   device: torch.device) -> tuple[TeacherForcedBatch, Callable[[nn.Module], torch.Tensor]]:
     """The stage's teacher-forced batch and the forward giving its (B, T, H) final hidden states:
-    with `config.frozen_context`, the live tokens after each prompt's context, run once now."""
+    with `config.frozen_context`, the live tokens after each prompt's context, run once now, in
+    length buckets where the rows' lengths differ widely (a chat model's chat-rendered prompts)."""
     if config.frozen_context:
-        rows = build_frozen_context_batch(tokenizer, inputs.prompts, inputs.contexts, inputs.targets, device)
+        rows = build_training_rows(tokenizer, inputs.prompts, inputs.contexts, inputs.targets, device)
         rows.record(model)
         return rows.live, rows.hidden
     batch = build_batch(tokenizer, inputs.prompts, inputs.targets, device)
