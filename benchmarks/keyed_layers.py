@@ -1,12 +1,13 @@
 """ROME against the edited layer: does localization choose the right MLP for a keyed edit?
 
     python benchmarks/keyed_layers.py ../shared/data/counterfact/counterfact-rome-train.json \
-        [--facts 20] [--layers 0-11] [--out runs/keyed-layers] [--model M]
+        [--facts 20] [--layers 0-17:2] [--out runs/keyed-layers] [--model M]
 
 CounterFact facts the model states (greedy continuation contains the true object), in file
 order. Each fact is edited by ROME at every layer of --layers on the unedited model (the layer's
-down projection restored after each), and once at the layer attribution patching ranks first
-(the editor's default). Per edit, CounterFact's three scores: efficacy P(new) > P(old) on the
+down projection restored after each), and once at the layer each localizer ranks first:
+attribution patching (the editor's default, row "localized") and causal tracing (ROME's own,
+row "traced"). Per edit, CounterFact's three scores: efficacy P(new) > P(old) on the
 edit prompt, paraphrase P(new) > P(old) on its paraphrase prompts, neighbourhood P(true) >
 P(new) on its neighbourhood prompts (unedited: the same on the unedited model). Prints a
 markdown table (means over facts) and writes OUT/layers.png; OUT/results.jsonl makes it
@@ -62,9 +63,13 @@ def scores(model, tokenizer, request) -> dict:
             "neighbourhood": neighbourhood_specificity(model, tokenizer, request)}
 
 
-def localized_layer(model, tokenizer, request) -> int:
-    """The MLP the editor's default localization ranks first (attribution, subject tokens)."""
-    config = LocalizeConfig()
+LOCALIZERS = {"localized": "attribution", "traced": "causal-tracing"}  # row label -> localizer
+
+
+def localized_layer(model, tokenizer, request, method: str = "attribution") -> int:
+    """The MLP `method` ranks first at the subject tokens (attribution: the editor's default;
+    causal tracing: ROME's own choice)."""
+    config = LocalizeConfig(method=method)
     result = localize(model, tokenizer, request, config)
     mlps = [c for c in result.select_by(config, get_adapter(model).num_layers(model)) if c.kind == MLP]
     return mlps[0].layer
@@ -85,17 +90,21 @@ def edit_at(model, tokenizer, request, layer: int, prompts: list[str], config: E
 
 
 def parse_layers(text: str, num_layers: int) -> list[int]:
+    """"" (every layer), "0-11", "0-17:2" (every second) or "0,4,8"."""
     if not text:
         return list(range(num_layers))
-    low, _, high = text.partition("-")
-    return list(range(int(low), int(high or low) + 1))
+    if "," in text:
+        return sorted({int(x) for x in text.split(",")})
+    span, _, step = text.partition(":")
+    low, _, high = span.partition("-")
+    return list(range(int(low), int(high or low) + 1, int(step or 1)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path)
     parser.add_argument("--facts", type=int, default=20)
-    parser.add_argument("--layers", default="", help="e.g. 0-11 (default: every layer)")
+    parser.add_argument("--layers", default="", help="e.g. 0-11, 0-17:2 or 0,4,8 (default: every layer)")
     parser.add_argument("--out", type=Path, default=Path("runs/keyed-layers"))
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
@@ -115,14 +124,15 @@ def main() -> None:
     done = {(r["case_id"], r["layer"]) for r in rows}
     for request in facts:
         prompts = [p for p in training_prompts(request, prefixes) if request.subject in p]
-        todo = [("unedited", None), *[(str(layer), layer) for layer in layers], ("localized", None)]
+        todo = [("unedited", None), *[(str(layer), layer) for layer in layers], *[(k, None) for k in LOCALIZERS]]
         for label, layer in todo:
             if (request.case_id, label) in done:
                 continue
             if label == "unedited":
                 row = scores(model, tokenizer, request)
             else:
-                layer = localized_layer(model, tokenizer, request) if label == "localized" else layer
+                if label in LOCALIZERS:
+                    layer = localized_layer(model, tokenizer, request, LOCALIZERS[label])
                 row = {**edit_at(model, tokenizer, request, layer, prompts, config), "edited_layer": layer}
             row.update(case_id=request.case_id, layer=label, subject=request.subject)
             rows.append(row)
@@ -134,7 +144,7 @@ def main() -> None:
 
 
 def report(rows: list[dict], layers: list[str], out: Path) -> None:
-    labels = ["unedited", *layers, "localized"]
+    labels = ["unedited", *layers, *LOCALIZERS]
     table = {label: [r for r in rows if r["layer"] == label] for label in labels}
     print(f"\n{len(table['unedited'])} facts; means over facts (P(new) > P(old), neighbourhood P(true) > P(new))\n")
     print("| layer | facts | efficacy | paraphrase | neighbourhood | seconds per edit |")
@@ -148,9 +158,9 @@ def report(rows: list[dict], layers: list[str], out: Path) -> None:
         seconds = statistics.fmean(r["seconds"] for r in group) if "seconds" in group[0] else None
         cells = " | ".join(f"{means[label][k]:.3f}" for k in SCORES)
         print(f"| {label} | {len(group)} | {cells} | {'-' if seconds is None else f'{seconds:.1f}'} |")
-    if table["localized"]:
-        chosen = [r["edited_layer"] for r in table["localized"]]
-        print(f"\nlayers the localization chose: {sorted(chosen)}")
+    for label, method in LOCALIZERS.items():
+        if table[label]:
+            print(f"\nlayers {method} chose: {sorted(r['edited_layer'] for r in table[label])}")
     plot(means, layers, out / "layers.png")
 
 
@@ -164,9 +174,10 @@ def plot(means: dict, layers: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in SCORES:
         ax.plot(xs, [means[str(x)][key] for x in xs], marker="o", label=key)
-        if "localized" in means:
-            ax.axhline(means["localized"][key], linestyle=":", linewidth=1,
-                       color=ax.lines[-1].get_color(), label=f"{key}, localized layer")
+        for label, style in (("localized", ":"), ("traced", "-.")):
+            if label in means:
+                ax.axhline(means[label][key], linestyle=style, linewidth=1, color=ax.lines[-1].get_color(),
+                           label=f"{key}, {LOCALIZERS[label]}'s layer")
     if "unedited" in means:
         ax.axhline(means["unedited"]["neighbourhood"], color="black", linestyle="--", linewidth=1,
                    label="neighbourhood, unedited")
