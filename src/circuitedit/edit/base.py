@@ -76,9 +76,33 @@ class TrainingContext:
 
     prompts: list[str]  # rendered training prompts (cloze, plus chat-form for chat models)
     retain: RetainSet | None
-    old_token: int  # first token of the old object, suppressed in training
+    old_token: int | list[int]  # first token of the old object (per prompt for many facts), suppressed in training
     # per prompt, its leading text (a generated prefix, else ""), run once per stage: StageConfig.frozen_context
     contexts: list[str] | None = None
+    owners: list[int] | None = None  # per prompt, its request's index (many facts trained together)
+    retain_prompts: list[str] | None = None  # the request's own retain prompts (its template neighbours)
+
+    @classmethod
+    def joined(cls, contexts: Sequence[TrainingContext], retain: RetainSet | None) -> TrainingContext:
+        """One context training every request's prompts together, each prompt with its request's
+        old token, holding `retain` (built by the caller over all the requests' neighbours)."""
+        prompts, old, leading, owners = [], [], [], []
+        for index, context in enumerate(contexts):
+            prompts += context.prompts
+            old += [context.old_token] * len(context.prompts)
+            leading += context.contexts or [""] * len(context.prompts)
+            owners += [index] * len(context.prompts)
+        return cls(prompts, retain, old, leading, owners)
+
+    def by_request(self, count: int) -> list[list[str]]:
+        """The prompts of each of `count` requests (all of them for one request)."""
+        owners = self.owners or [0] * len(self.prompts)
+        return [[p for p, o in zip(self.prompts, owners, strict=True) if o == i] for i in range(count)]
+
+    def per_prompt(self, requests: Sequence[EditRequest], text: Callable[[EditRequest], str]) -> list[str]:
+        """`text(request)` for each prompt's request (one request when `owners` is None)."""
+        owners = self.owners or [0] * len(self.prompts)
+        return [text(requests[owner]) for owner in owners]
 
 
 @dataclass
@@ -114,7 +138,12 @@ class EditOutcome:
 
 Editor = Callable[[nn.Module, object, EditRequest, Sequence[Component], TrainingContext, EditorConfig], EditOutcome]
 
+# (model, tokenizer, requests, components per request, their joined context, config) -> one outcome
+BatchEditor = Callable[[nn.Module, object, Sequence[EditRequest], Sequence[Sequence[Component]],
+                        TrainingContext, EditorConfig], EditOutcome]
+
 EDITORS: dict[str, Editor] = {}
+BATCH_EDITORS: dict[str, BatchEditor] = {}  # editors that write many facts in one update
 
 
 def register(name: str):
@@ -126,10 +155,33 @@ def register(name: str):
     return wrap
 
 
+def register_batch(name: str):
+    """Register `name`'s many-facts-at-once form (`edit --together`)."""
+    def wrap(fn):
+        fn.name = name
+        BATCH_EDITORS[name] = fn
+        return fn
+
+    return wrap
+
+
 def get_editor(name: str) -> Editor:
     if name not in EDITORS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(EDITORS))}")
     return EDITORS[name]
+
+
+def get_batch_editor(name: str) -> BatchEditor:
+    get_editor(name)
+    if name not in BATCH_EDITORS:
+        raise ValueError(f"method {name!r} edits one fact at a time; --together needs one of: "
+                         f"{', '.join(sorted(BATCH_EDITORS))}")
+    return BATCH_EDITORS[name]
+
+
+def union(components: Sequence[Sequence[Component]]) -> list[Component]:
+    """Every component any of the lists holds, in first-seen order."""
+    return list(dict.fromkeys(c for group in components for c in group))
 
 
 def uses_localization(method: str) -> bool:

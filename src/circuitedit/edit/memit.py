@@ -33,7 +33,7 @@ from ..data.requests import EditRequest
 from ..models.arch import get_adapter
 from ..models.components import Component
 from ..models.hooks import layer_output_hooks, layer_output_shift, mlp_key_hook
-from .base import EditOutcome, register
+from .base import EditOutcome, register, register_batch
 from .covariance import CorpusSpec, layer_covariances
 from .keyed import KeyedConfig
 from .keyvalue import (
@@ -169,22 +169,37 @@ def memit_update(model: nn.Module, tokenizer, requests: Sequence[EditRequest], l
     return SpreadEdit(updates, stages, unreached)
 
 
-def spread_editor(name: str, solver: Solver):
-    """Register the editor `name`: MEMIT's loop with `solver`'s ΔW, on the edit's one request."""
+def batch_layers(components: Sequence[Sequence[Component]], keyed: KeyedConfig, method: str) -> list[int]:
+    """One layer range for a batch: `keyed.layers`, else the span ending at the layer the
+    requests' localizations rank first most often (the lowest such layer on a tie)."""
+    if keyed.layers is not None or keyed.layer is not None:
+        return edited_layers([], keyed, method)
+    firsts = [edited_layer(list(c), None, method) for c in components]
+    last = min(set(firsts), key=lambda layer: (-firsts.count(layer), layer))
+    return list(range(max(0, last - keyed.span + 1), last + 1))
 
-    def editor(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
+
+def spread_editor(name: str, solver: Solver):
+    """Register the editor `name` (MEMIT's loop with `solver`'s ΔW) on one request, and its
+    batch form on many at once (`edit --together`)."""
+
+    def edit_many(model, tokenizer, requests, components, context, config, progress=None) -> EditOutcome:
         """`model` is the pipeline's private copy (edit() deep-copies and freezes it)."""
         keyed = config.keyed
-        layers = edited_layers(list(components), keyed, name)
+        layers = batch_layers(components, keyed, name)
         covariances = layer_covariances(model, tokenizer, layers, CorpusSpec(keyed.covariance_tokens),
                                         cache=keyed.cache_covariance)
         solve, details = solver(covariances, keyed)
-        edit = memit_update(model, tokenizer, [request], layers, covariances, keyed, [context.prompts], solve,
-                            progress)
+        edit = memit_update(model, tokenizer, requests, layers, covariances, keyed, context.by_request(len(requests)),
+                            solve, progress)
         artifact = weight_delta(name, get_adapter(model), edit.updates,
-                                {"layers": layers, "unreached": edit.unreached, **details})
+                                {"layers": layers, "unreached": edit.unreached, "facts": len(requests), **details})
         return EditOutcome(model=model, stages=edit.stages, adapters=[artifact])
 
+    def editor(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:
+        return edit_many(model, tokenizer, [request], [components], context, config, progress)
+
+    register_batch(name)(edit_many)
     return register(name)(editor)
 
 

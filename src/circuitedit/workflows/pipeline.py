@@ -152,7 +152,10 @@ def check_request(tokenizer, request: EditRequest) -> None:
 
 
 def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
-                  references: ModelReferences | None = None, scan: PromptScan | None = None) -> TrainingContext:
+                  references: ModelReferences | None = None, scan: PromptScan | None = None,
+                  with_retain: bool = True) -> TrainingContext:
+    """The request's training prompts and its retain set (neighbours first, pinned; without
+    `with_retain` the neighbours are left in `retain_prompts` for a caller pooling many requests)."""
     prefixes = cached_prefixes(references, model, tokenizer, config.n_prefixes, seed=config.seed)
     prompts = training_prompts(request, prefixes)
     contexts = training_contexts(request, prefixes)
@@ -161,9 +164,11 @@ def build_context(model, tokenizer, request: EditRequest, config: EditorConfig,
         prompts, contexts = prompts + chat, contexts + [""] * len(chat)
     neighbours = same_template_prompts(model, tokenizer, request, subject_pool(), config.n_template_neighbours,
                                        config.n_sibling_neighbours, scan)
-    retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours))
+    retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(), pinned=len(neighbours)) \
+        if with_retain else None
     old_token = prompt_and_target_ids(tokenizer, request.text, request.old_object)[1][0]
-    return TrainingContext(prompts=prompts, retain=retain, old_token=old_token, contexts=contexts)
+    return TrainingContext(prompts=prompts, retain=retain, old_token=old_token, contexts=contexts,
+                           retain_prompts=neighbours)
 
 
 def preloads_template_scan(config: EditConfig) -> bool:

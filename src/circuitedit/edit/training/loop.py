@@ -246,7 +246,9 @@ class StageInputs:
     targets: Sequence[str]  # per prompt, the text the stage teaches to follow it
     params: Sequence[nn.Parameter]  # already the only ones requiring grad
     retain: RetainSet | None = None  # the prompts whose next-token distribution the KL and leak terms hold
-    old_token: int | None = None  # the old object's first token, pushed down (None: no unlikelihood term)
+    # the old object's first token, pushed down (per prompt when many facts train together; None:
+    # no unlikelihood term)
+    old_token: int | Sequence[int] | None = None
     contexts: Sequence[str] | None = None  # per prompt, its leading text `config.frozen_context` runs once
     # The model is the one `retain` was recorded on, so at step 0 the retain terms are zero with
     # zero gradient, and their forward pass (most of a step) is skipped.
@@ -271,6 +273,13 @@ def training_rows(model: nn.Module, tokenizer, inputs: StageInputs, config: Stag
         return rows.live, rows.hidden
     batch = build_batch(tokenizer, inputs.prompts, inputs.targets, device)
     return batch, lambda m: hidden_states(m, batch.input_ids, batch.attention_mask)
+
+
+def old_tokens(old_token: int | Sequence[int], owners: torch.Tensor) -> torch.Tensor:
+    """(N,) the old object's first token at each target position (`owners`: its prompt)."""
+    if isinstance(old_token, int):
+        return torch.full_like(owners, old_token)
+    return torch.as_tensor(list(old_token), dtype=owners.dtype, device=owners.device)[owners]
 
 
 def unlikelihood_loss(head: HeadReductions, first: torch.Tensor) -> torch.Tensor:
@@ -324,7 +333,7 @@ def train_stage(name: str, model: nn.Module, tokenizer, inputs: StageInputs, con
         model.train(False)  # no dropout: edits must be deterministic
         targets_dev = batch.targets.to(device)
         pick = targets_dev[:, None] if not suppress else torch.stack(
-            [targets_dev, torch.full_like(targets_dev, inputs.old_token)], 1)  # (N, 1 or 2): target, old object
+            [targets_dev, old_tokens(inputs.old_token, batch.owners.to(device))], 1)  # (N, 1 or 2): target, old object
         shortlisted = ShortlistedHead(model, pick, config.shortlist_top_k, config.full_vocab_every,
                                       config.shortlist_tail_sample)
         for step in range(config.max_steps + 1):
