@@ -92,13 +92,13 @@ def stage_dirs(edit_dir: Path | str, meta: dict | None = None) -> dict[str, Path
     return stages
 
 
-def applied_stage(model: nn.Module, directory: Path) -> nn.Module:
-    """A copy of `model` with the stage saved in `directory` applied (an adapter merged, or a weight
-    delta added), frozen, in eval mode."""
+def applied_stage(model: nn.Module, directory: Path, in_place: bool = False) -> nn.Module:
+    """A copy of `model` (`model` itself with `in_place`) with the stage saved in `directory`
+    applied (an adapter merged, or a weight delta added), frozen, in eval mode."""
     if not is_delta_dir(directory):
-        return merged_adapter(model, directory)
+        return merged_adapter(model, directory, in_place)
     try:
-        edited = WeightDelta.load(directory).apply(copy.deepcopy(model))
+        edited = WeightDelta.load(directory).apply(model if in_place else copy.deepcopy(model))
     except (OSError, ValueError, KeyError, AttributeError, RuntimeError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{directory}: cannot apply the weight delta ({first})") from exc
@@ -106,20 +106,45 @@ def applied_stage(model: nn.Module, directory: Path) -> nn.Module:
     return edited.eval()
 
 
-def merged_adapter(model: nn.Module, adapter_dir: Path) -> nn.Module:
-    """A copy of `model` with the PEFT adapter in `adapter_dir` merged in fp32, frozen, in eval mode."""
+def merged_adapter(model: nn.Module, adapter_dir: Path, in_place: bool = False) -> nn.Module:
+    """A copy of `model` (`model` itself with `in_place`) with the PEFT adapter in `adapter_dir`
+    merged in fp32, frozen, in eval mode."""
     from peft import PeftModel
 
     from ..edit.ia3 import merge_fp32
 
     try:
-        peft_model = PeftModel.from_pretrained(copy.deepcopy(model), str(adapter_dir))
+        peft_model = PeftModel.from_pretrained(model if in_place else copy.deepcopy(model), str(adapter_dir))
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:  # corrupt or foreign files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{adapter_dir}: cannot load the adapter ({first})") from exc
     merged = merge_fp32(peft_model)
     freeze(merged)
     return merged.eval()
+
+
+def undone_stage(model: nn.Module, directory: Path) -> nn.Module:
+    """`model` (in place) with the stage saved in `directory` taken out of it: a weight delta
+    subtracted, a merged IA3 scaling divided out (PEFT's unmerge, in fp32)."""
+    if is_delta_dir(directory):
+        return WeightDelta.load(directory).apply(model, sign=-1.0)
+    import warnings
+
+    import torch
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    peft_model = PeftModel.from_pretrained(model, str(directory))
+    for module in peft_model.modules():
+        if isinstance(module, BaseTunerLayer):
+            dtype = module.base_layer.weight.dtype
+            module.base_layer.to(torch.float32)
+            module.merged_adapters = list(module.active_adapters)  # merged earlier, on the plain model
+            with warnings.catch_warnings():  # PEFT warns that a division is inexact: the revert measures it
+                warnings.simplefilter("ignore")
+                module.unmerge()
+            module.base_layer.to(dtype)
+    return peft_model.unload()
 
 
 def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "auto", device: str | None = None):
