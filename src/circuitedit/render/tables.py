@@ -123,3 +123,41 @@ def old_fact_note(result_dict: dict) -> str | None:
     return (f"before the edit the model did not answer {result_dict['request']['old_object']!r} to the edit "
             f"prompt (it continued {edit_rows[0]['before'].strip()[:40]!r}), so the forget rate "
             "shows nothing it knew was removed")
+
+
+CHECKPOINT_LABELS = {
+    "new_fact_accuracy": "new objects stated (every fact edited so far)",
+    "efficacy": "efficacy P(new) > P(old)",
+    "paraphrase_efficacy": "paraphrase P(new) > P(old)",
+    "neighbourhood_specificity": "neighbourhood P(true) > P(new)",
+    "earlier_retained": "earlier edits still stated",
+    "f_control": "F_control against the unedited model",
+    "generation_entropy": "n-gram entropy of generations",
+    "generation_entropy_before": "  ... of the unedited model",
+}
+
+
+def checkpoint_table(measures: dict) -> Table:
+    """The measurements of a model holding many edits, after one batch (`sequence_measures`)."""
+    table = Table(title=f"after {measures['edits']} edited facts")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, label in CHECKPOINT_LABELS.items():
+        table.add_row(label, _fmt(measures.get(key)))
+    return table
+
+
+def history_table(history: dict) -> Table:
+    """One row per kept edit of an edit history (`circuitedit history`)."""
+    table = Table(title=f"edit history of {history.get('model') or 'the default model'}"
+                        f" ({len(history['reverted'])} reverted)")
+    for column in ("edit", "method", "fact", "stages", "new fact when made", "F_control when made"):
+        table.add_column(column)
+    for entry in history["edits"]:
+        for index, (request, metrics) in enumerate(zip(entry["requests"], entry["metrics"], strict=True)):
+            fact = f"{request['subject']}: {request['old_object']} -> {request['new_object']}"
+            first = index == 0
+            table.add_row(str(entry["id"]) if first else "", entry["method"] if first else "", fact,
+                          ", ".join(entry["stages"]) if first else "", _fmt(metrics.get("new_fact_accuracy")),
+                          _fmt(metrics.get("f_control")))
+    return table

@@ -154,6 +154,8 @@ def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "au
     from ..models import load_model
 
     edit_dir = Path(edit_dir)
+    if (edit_dir / "history.json").exists():
+        return _history_model(edit_dir, model, dtype, device)
     meta, _ = read_edit_json(edit_dir)
     saved = edit_dir / "model"
     if model is None and (saved / "config.json").exists():
@@ -168,3 +170,14 @@ def load_edited(edit_dir: Path | str, model: str | None = None, dtype: str = "au
     for directory in stages.values():
         edited = applied_stage(edited, directory)
     return edited, loaded.tokenizer, meta
+
+
+def _history_model(root: Path, model: str | None, dtype: str, device: str | None):
+    """(the model an edit history holds, tokenizer, history.json's content)."""
+    from ..models import load_model
+    from .history import EditHistory
+
+    history = EditHistory.open(root)
+    loaded = load_model(model or history.model, dtype=dtype, device=device)
+    meta = {"model": loaded.name, "edits": [e.to_dict() for e in history.entries]}
+    return history.edited_model(loaded.model), loaded.tokenizer, meta

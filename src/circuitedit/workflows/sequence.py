@@ -78,7 +78,9 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
 class RevertReport:
     edit_id: int
     how: str
-    max_weight_difference: float  # |undone in place − rebuilt without the edit|, over every parameter
+    # |undone in place − rebuilt without the edit| over every parameter: fp32 rounding, or one
+    # rounding step of a bf16 model's weights
+    max_weight_difference: float
     answered_as_unedited: float  # share of the edit's prompts answered as the unedited model answered them
     others_still_stated: float | None  # share of the other edits' new objects still stated
 
