@@ -201,7 +201,81 @@ def _add_model_name(path: Path, name: str) -> None:
 
 
 def cmd_edit(args, console: Console) -> int:
-    return run_edits(args, requests_from_args(args), console)
+    requests = requests_from_args(args)
+    if args.sequential:
+        return run_sequential(args, requests, console)
+    if args.together:
+        return run_together(args, requests, console)
+    if args.batch is not None:
+        raise ValueError("--batch needs --sequential (batches of edits applied one after another)")
+    return run_edits(args, requests, console)
+
+
+def run_together(args, requests, console: Console) -> int:
+    """Every request in one update of one model (--together); --out holds it as a history of one edit."""
+    return run_sequential(args, requests, console, batch=len(requests), together=True)
+
+
+def run_sequential(args, requests, console: Console, batch: int | None = None, together: bool | None = None) -> int:
+    from .models import load_model
+    from .render.tables import checkpoint_table
+    from .workflows.bench.provenance import software
+    from .workflows.history import EditHistory
+    from .workflows.sequence import run_sequence
+
+    if args.out is None:
+        raise ValueError("--sequential and --together need --out DIR (the edit history is written there)")
+    if args.save_model:
+        raise ValueError("--save-model is for single edits; a history's model is rebuilt from its files "
+                         "(circuitedit ask --edit DIR)")
+    config = build_config(args)
+    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
+    history = EditHistory.start(args.out, loaded.name)
+    report = (lambda m: None) if args.json else (lambda m: console.print(checkpoint_table(m)))
+    run_sequence(loaded.model, loaded.tokenizer, requests, history, config, batch_size=batch or args.batch or 1,
+                 together=args.together if together is None else together, software=software(),
+                 on_batch=report)
+    if args.json:
+        print(json.dumps(EditHistory.open(args.out).checkpoints[-1:] or [{}], default=str))
+    else:
+        console.print(f"wrote {args.out} ({len(history.entries)} edits; circuitedit history {args.out})")
+    return 0
+
+
+def cmd_history(args, console: Console) -> int:
+    from .render.tables import checkpoint_table, history_table
+    from .workflows.history import EditHistory
+
+    history = EditHistory.open(args.dir)
+    data = {"model": history.model, "edits": [e.to_dict() for e in history.entries], "reverted": history.reverted,
+            "checkpoints": history.checkpoints}
+    if args.json:
+        print(json.dumps(data, default=str))
+        return 0
+    console.print(history_table(data))
+    if history.checkpoints:
+        console.print(checkpoint_table(history.checkpoints[-1]))
+    return 0
+
+
+def cmd_revert(args, console: Console) -> int:
+    from .models import load_model
+    from .workflows.history import EditHistory
+    from .workflows.sequence import revert
+
+    history = EditHistory.open(args.dir)
+    history.find(args.edit)  # before the model loads
+    loaded = load_model(args.model or history.model, dtype=args.dtype, device=args.device)
+    report = revert(history, loaded.model, loaded.tokenizer, args.edit)
+    if args.json:
+        print(json.dumps(report.to_dict(), default=str))
+        return 0
+    others = "no other edits" if report.others_still_stated is None else \
+        f"{report.others_still_stated:.2f} of the other edits' new objects still stated"
+    console.print(f"reverted edit {report.edit_id}: {report.how}; max |weight difference| from the model rebuilt "
+                  f"without it {report.max_weight_difference:.2e}; its prompts answered as the unedited model "
+                  f"answers them: {report.answered_as_unedited:.2f}; {others}")
+    return 0
 
 
 def cmd_demo(args, console: Console) -> int:
@@ -336,7 +410,8 @@ def cmd_audit(args, console: Console) -> int:
     out = args.out or args.edit
     check_output_directory(out)  # before the models load and the audit runs
     start = time.perf_counter()
-    base, tokenizer, request, stage1, stage2, meta = load_edit(args.edit, args.model, args.dtype, args.device)
+    base, tokenizer, request, stage1, stage2, meta = load_edit(args.edit, args.model, args.dtype, args.device,
+                                                               args.history_edit)
     load_s = time.perf_counter() - start
     config = AuditConfig(relearn=not args.no_relearn)
     if args.relearn_steps is not None:
@@ -389,8 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "sports"],
                    help="the --requests file's schema (default: detected from its fields)")
     p.add_argument("--n", type=positive_int, default=None, help="edit only the file's first N requests")
+    p.add_argument("--together", action="store_true",
+                   help="write every request into one model in one update (memit, alphaedit, unlearn-then-learn, "
+                        "learn-only); --out holds the edit history")
+    p.add_argument("--sequential", action="store_true",
+                   help="apply the requests one after another to one model, re-measuring every fact edited so "
+                        "far after each batch; --out is the edit history (resumable: rerun to continue)")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="with --sequential: measure after every B edits (with --together: B facts per update)")
     add_edit_args(p)
     p.set_defaults(func=cmd_edit)
+
+    p = sub.add_parser("history", help="list the edits an edit history holds and its last measurements")
+    p.add_argument("dir", type=Path, help="an `edit --sequential` or `--together` output directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("revert", help="take one edit out of an edit history, measured")
+    p.add_argument("dir", type=Path, help="an `edit --sequential` or `--together` output directory")
+    p.add_argument("--edit", type=positive_int, required=True, help="the edit's number (circuitedit history DIR)")
+    p.add_argument("--json", action="store_true")
+    add_model_args(p)
+    p.set_defaults(func=cmd_revert)
 
     p = sub.add_parser("demo", help="rewrite a built-in fact in the default model and show the proof")
     p.add_argument("--all", action="store_true", help="run every built-in demo edit")
@@ -463,6 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relearn-steps", type=int, default=None,
                    help=config_help(AuditConfig, "relearn_steps", with_default=True))
     p.add_argument("--no-relearn", action="store_true", help="skip the relearning attacks (audit.relearn false)")
+    p.add_argument("--history-edit", type=positive_int, default=None,
+                   help="with an edit history as --edit: the edit to audit, on the model holding the edits "
+                        "before it (default: the last)")
     p.add_argument("--json", action="store_true", help="print audit.json's content instead of audit.md")
     add_model_args(p)
     p.set_defaults(func=cmd_audit)
