@@ -367,7 +367,7 @@ def cmd_localize(args, console: Console) -> int:
 def cmd_bench(args, console: Console) -> int:
     from argparse import Namespace
 
-    from .workflows.bench import BenchConfig, resummarize, run_bench
+    from .workflows.bench import BenchConfig, Workers, resummarize, run_bench
 
     if args.summarize:
         summary = resummarize(args.out)
@@ -390,7 +390,8 @@ def cmd_bench(args, console: Console) -> int:
         controls=str(args.controls) if args.controls else None, edit=build_config(edit_args),
         generation_tokens=args.generation_tokens, audit=args.audit,
     )
-    summary = run_bench(config, resume=args.resume, console=console)
+    workers = Workers(count=args.workers, address=args.address)
+    summary = run_bench(config, resume=args.resume, console=console, workers=workers)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -548,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_args(p)
     p.add_argument("--config", type=Path, default=None, help="a saved EditConfig (JSON or YAML)")
     p.add_argument("--seed", type=int, default=None, help=config_help(BenchConfig, "seed"))
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="run the edits on N Ray workers, a model each (one per GPU where there are GPUs); "
+                        "1: in this process (default); needs pip install -e '.[distributed]'")
+    p.add_argument("--address", default=None,
+                   help="with --workers: the Ray cluster to run on (auto: the one `ray start --head` started; "
+                        "default: a local Ray instance sized to this machine)")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
     add_model_args(p)
     p.set_defaults(func=cmd_bench)

@@ -10,7 +10,14 @@ method's mean and 95% bootstrap interval per metric, OUT/summary.png a bar chart
 
 
 from ...render.bench import SUMMARY_METRICS, summary_markdown
-from .config import DEFAULT_LOCALIZER, DEFAULT_METHODS, RANDOM_LOCALIZER, BenchConfig, BenchError
+from .config import (
+    DEFAULT_LOCALIZER,
+    DEFAULT_METHODS,
+    RANDOM_LOCALIZER,
+    BenchConfig,
+    BenchError,
+    Workers,
+)
 from .measures import fact_measures, neighbourhood_specificity
 from .plan import label_for, plan, random_components
 from .results import append_result, read_results
@@ -21,4 +28,4 @@ from .summary import aggregate, bootstrap_interval, write_summary
 __all__ = ["DEFAULT_LOCALIZER", "DEFAULT_METHODS", "RANDOM_LOCALIZER", "SUMMARY_METRICS", "BenchConfig", "BenchError",
            "Selection", "aggregate", "append_result", "bootstrap_interval", "fact_measures", "knows", "label_for",
            "neighbourhood_specificity", "plan", "random_components", "read_results", "resummarize", "run_bench", "select_facts",
-           "summary_markdown", "write_summary"]
+           "summary_markdown", "Workers", "write_summary"]

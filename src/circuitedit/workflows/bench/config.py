@@ -19,6 +19,27 @@ class BenchError(ValueError):
 
 
 @dataclass
+class Workers:
+    """Where a bench's edits run: in this process (`count` 1, the default), or on `count` Ray
+    actors (workflows/bench/distributed.py). Not part of a run's identity: a run may be resumed
+    with another count."""
+
+    count: int = 1
+    address: str | None = None  # an existing Ray cluster ("auto": `ray start --head`'s); None: a local one
+    max_retries: int = 2  # a fact whose worker died reruns on a new worker this often, then is an error row
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.count, int) or self.count < 1:
+            raise BenchError(f"--workers must be at least 1, got {self.count!r}")
+        if self.address and self.count < 2:
+            raise BenchError("--address runs the bench on a Ray cluster: pass --workers N (N >= 2) too")
+
+    @property
+    def distributed(self) -> bool:
+        return self.count > 1
+
+
+@dataclass
 class BenchConfig(CheckedConfig):
     """One benchmark run; `validate` runs at construction."""
 

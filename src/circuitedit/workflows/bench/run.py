@@ -23,7 +23,7 @@ from ...models.arch import get_adapter
 from ...models.components import Component
 from ..pipeline import EditConfig, edit
 from .audits import audit_result
-from .config import RANDOM_LOCALIZER, BenchConfig, BenchError
+from .config import RANDOM_LOCALIZER, BenchConfig, BenchError, Workers
 from .measures import dataset_control_retention, fact_measures
 from .plan import label_for, plan, random_components, reference_localizer
 from .provenance import software
@@ -98,7 +98,9 @@ class BenchRun:
 
 
 def run_bench(config: BenchConfig, resume: bool = False, console=None,
-              on_record: Callable[[dict], None] | None = None) -> dict:
+              on_record: Callable[[dict], None] | None = None, workers: Workers | None = None) -> dict:
+    """`workers`: where the edits run (default: here, one after the other; `Workers(count=N)`: on
+    N Ray actors, see distributed.py). The facts, the baselines and results.jsonl are the driver's."""
     from rich.console import Console
 
     from ...models import load_model
@@ -106,6 +108,11 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
     # First, before anything slow: the checkout may move on while a long run works.
     provenance = software()
     console = console or Console(stderr=True)
+    workers = workers or Workers()
+    if workers.distributed:
+        from .distributed import require_ray
+
+        require_ray(workers.count)
     _check_names(config)
     requests = load_requests(config.data, config.fmt, config.seed)
     controls = _load_controls(config.controls)
@@ -132,8 +139,15 @@ def run_bench(config: BenchConfig, resume: bool = False, console=None,
                    control_snapshot(model, tokenizer, first, dataset_facts, config.edit.evaluate),
                    ReferenceCache(),  # the sampled prefixes: drawn once for every edit of this model
                    provenance, out)
-    _edit_all(run, selection, records, console, on_record)
-    summary = summarize(config, loaded.name, selection, records, base_ppl, len(dataset_indices))
+    name = loaded.name
+    if workers.distributed:
+        from .distributed import edit_distributed
+
+        del model, loaded  # the workers load their own; the driver's copy would hold its GPU's memory
+        edit_distributed(run, selection, records, console, on_record, workers)
+    else:
+        _edit_all(run, selection, records, console, on_record)
+    summary = summarize(config, name, selection, records, base_ppl, len(dataset_indices))
     summary["seconds"] = time.perf_counter() - started
     write_summary(out, summary)
     return summary
@@ -208,13 +222,19 @@ def _fact_work(run: BenchRun, index: int) -> FactWork:
     return FactWork(index, request, choices, before)
 
 
+def record_head(run: BenchRun, index: int, method: str, loc: str | None) -> dict:
+    """The fields of a results.jsonl line that name the edit: the fact, method and software."""
+    request = run.requests[index]
+    return {"key": str(index), "index": index, "case_id": request.case_id, "subject": request.subject,
+            "prompt": request.text, "old": request.old_object, "new": request.new_object,
+            "relation": request.relation, "method": method, "localizer": loc, "label": label_for(method, loc),
+            "software": run.provenance}
+
+
 def _edit_record(run: BenchRun, fact: FactWork, method: str, loc: str | None, console) -> dict:
     """One results.jsonl line: the edit's metrics, components, stages and timings, or its error."""
     request, label = fact.request, label_for(method, loc)
-    record = {"key": str(fact.index), "index": fact.index, "case_id": request.case_id, "subject": request.subject,
-              "prompt": request.text, "old": request.old_object, "new": request.new_object,
-              "relation": request.relation, "method": method, "localizer": loc, "label": label,
-              "software": run.provenance}
+    record = record_head(run, fact.index, method, loc)
     try:
         cfg = copy.deepcopy(run.config.edit)
         cfg.method = method
