@@ -13,6 +13,7 @@ rows; an edit that raises is an error row with its message. Ray is the optional 
 from __future__ import annotations
 
 import gc
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -235,7 +236,8 @@ def _ray_session(ray, address: str | None):
     owned = not ray.is_initialized()
     if owned:
         local = {} if address else {"include_dashboard": False}
-        ray.init(address=address, log_to_driver=False, **local)
+        # Workers' output stays in Ray's logs (/tmp/ray/session_latest/logs), off the progress bar.
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR, **local)
     try:
         yield
     finally:
