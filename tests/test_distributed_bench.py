@@ -76,7 +76,7 @@ def _by_edit(records: list[dict]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def serial(setup, tmp_path_factory):
+def serial_out(setup, tmp_path_factory):
     """The in-process run, on one thread as each worker of the two on two CPUs runs (another
     thread count sums in another order: the last digits of a loss would differ)."""
     out = tmp_path_factory.mktemp("serial") / "run"
@@ -86,7 +86,12 @@ def serial(setup, tmp_path_factory):
         run_bench(_config(setup, out))
     finally:
         torch.set_num_threads(threads)
-    return _by_edit(read_results(out / "results.jsonl"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def serial(serial_out):
+    return _by_edit(read_results(serial_out / "results.jsonl"))
 
 
 def test_two_workers_give_the_serial_records(ray, setup, serial, tmp_path):
@@ -115,6 +120,27 @@ def test_a_killed_worker_loses_nothing(ray, setup, serial, tmp_path):
     assert _by_edit(records) == serial  # every edit once, as the serial run made it
 
 
+def test_resume_with_workers_finishes_a_run_whose_driver_was_killed(ray, setup, serial_out, serial, tmp_path):
+    """Three edits written, the fourth cut mid-line: --resume on two workers redoes only the rest."""
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / "bench.json").write_text((serial_out / "bench.json").read_text())
+    lines = (serial_out / "results.jsonl").read_text().splitlines(keepends=True)
+    (out / "results.jsonl").write_text("".join(lines[:3]) + lines[3][: len(lines[3]) // 2])
+    seen = []
+    run_bench(_config(setup, out), resume=True, on_record=seen.append, workers=Workers(count=2))
+    assert len(seen) == 5
+    assert _by_edit(read_results(out / "results.jsonl")) == serial
+
+
+class RaisingWorker(distributed.BenchWorker):
+    """A worker whose edits of fact 1 raise (a bad generation length), as a bug would."""
+
+    def edit(self, index, method, loc):
+        self.run.config.generation_tokens = "many" if index == 1 else 6
+        return super().edit(index, method, loc)
+
+
 class DyingWorker(distributed.BenchWorker):
     """A worker whose process exits on fact 1, as one killed by the kernel's OOM killer would."""
 
@@ -135,6 +161,19 @@ def test_a_worker_that_keeps_dying_gives_error_rows(ray, setup, tmp_path, monkey
     records = {r["key"]: r for r in read_results(out / "results.jsonl")}
     assert set(records) == {"0", "1", "2"} and not records["0"].get("error") and not records["2"].get("error")
     assert records["1"]["error"].startswith("worker died 2 times running this fact")
+
+
+def test_an_edit_that_raises_is_an_error_row_with_its_message(ray, setup, tmp_path, monkeypatch):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(distributed, "BenchWorker", RaisingWorker)
+    out = tmp_path / "raising"
+    config = _config(setup, out)
+    config.n, config.methods = 2, ["none"]
+    run_bench(config, workers=Workers(count=2))
+    records = {r["key"]: r for r in read_results(out / "results.jsonl")}
+    assert set(records) == {"0", "1"} and not records["0"].get("error") and "metrics" in records["0"]
+    assert records["1"]["error"].startswith(("TypeError: ", "ValueError: ")) and "metrics" not in records["1"]
+    assert records["1"]["subject"] == "Baz Qux" and records["1"]["method"] == "none"
 
 
 def test_without_ray_workers_fail_in_one_line(monkeypatch, tmp_path, capsys):
