@@ -171,9 +171,9 @@ class _Scheduler:
             message = f"worker died {self.deaths[index]} times running this fact: {_first_line(exc)}"
             for method, loc in pairs:
                 self.sink({**record_head(self.run, index, method, loc), "error": message})
-        slot.actor = self.spawn()
-        self._assign(slot)
-
+        if self.todo:
+            slot.actor = self.spawn()
+            self._assign(slot)
 
 
 def _kill(ray, actor) -> None:
