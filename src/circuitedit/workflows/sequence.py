@@ -5,6 +5,7 @@ edit out again and measures that its fact is answered as before and the others s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
     for start in range(0, len(pending), batch_size):
         batch = pending[start:start + batch_size]
         earlier = len(history.requests())
+        tick = time.perf_counter()
         if together:
             results = edit_together(current, tokenizer, batch, config, controls=controls)
             history.append(config.method, results, software or {})
@@ -65,8 +67,11 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
                 result = edit(current, tokenizer, request, config, controls=controls)
                 history.append(config.method, [result], software or {})
                 current = result.model
+        edit_seconds = time.perf_counter() - tick
         measures = sequence_measures(current, tokenizer, history.requests(), earlier, controls, base_controls,
                                      base_entropy, config.evaluate)
+        measures.update(batch_edits=len(batch), batch_edit_seconds=edit_seconds,
+                        measure_seconds=time.perf_counter() - tick - edit_seconds)
         history.checkpoints.append(measures)
         history.save()
         if on_batch:
