@@ -289,3 +289,20 @@ def test_dataset_controls_are_stated_never_edited_and_kept_by_an_identity_edit()
     baseline = control_snapshot(model, tokenizer, requests[0], facts, config)
     kept = dataset_control_retention(model, copy.deepcopy(model), tokenizer, requests[0], facts, baseline, config)
     assert kept == {"f_control_dataset": 1.0, "dataset_controls_stated": 4}
+
+
+def test_speed_is_a_median_ratio_to_the_ia3_recipe_on_the_same_facts():
+    from circuitedit.render.bench import speed_row
+    from circuitedit.workflows.bench.summary import speed_against_baseline
+
+    def record(key, label, seconds):
+        return {"key": key, "label": label, "metrics": {"seconds": seconds}}
+
+    records = [record("0", "unlearn-then-learn", 40.0), record("0", "rome", 10.0),
+               record("1", "unlearn-then-learn", 30.0), record("1", "rome", 900.0),  # a stall on a shared CPU
+               record("2", "unlearn-then-learn", 60.0), record("2", "rome", 12.0),
+               record("3", "rome", 1.0), {"key": "4", "label": "rome", "error": "boom", "metrics": {}}]
+    speed = speed_against_baseline(records)
+    assert speed == {"unlearn-then-learn": 1.0, "rome": 4.0}  # median of 4, 1/30 and 5; fact 3 has no pair
+    row = speed_row({"times_faster_than_unlearn_then_learn": speed}, ["rome", "unlearn-then-learn", "none"])
+    assert row.endswith("| 4.00x | 1.00x | – |")

@@ -56,6 +56,16 @@ def cell_text(stat: dict | None, name: str) -> str:
     return f"{fmt(stat['mean'])} [{fmt(stat['low'])}, {fmt(stat['high'])}]"
 
 
+def speed_row(summary: dict, labels: list[str]) -> str | None:
+    """Each method's speed as a ratio to the IA3 recipe's: the median over facts of the two
+    methods' seconds on the same fact in this run (`speed_against_baseline`)."""
+    speed = summary.get("times_faster_than_unlearn_then_learn") or {}
+    if len(speed) < 2:
+        return None
+    cells = [f"{speed[label]:.2f}x" if label in speed else "–" for label in labels]
+    return "| times faster than unlearn-then-learn (median over facts, this run) | " + " | ".join(cells) + " |"
+
+
 def summary_markdown(summary: dict) -> str:
     methods = summary["methods"]
     sel = summary["selection"]
@@ -81,6 +91,8 @@ def summary_markdown(summary: dict) -> str:
         if not any(name in methods[m]["metrics"] for m in labels):
             continue
         lines.append(f"| {title} | " + " | ".join(cell_text(methods[m]["metrics"].get(name), name) for m in labels) + " |")
+    if speed := speed_row(summary, labels):
+        lines.append(speed)
     moved = summary.get("moved_by_reading_the_answer") or {}
     if moved:
         lines.append("| facts whose forget / paraphrase figure reading the answer changed | "

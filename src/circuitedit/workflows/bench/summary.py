@@ -97,6 +97,22 @@ def moved_by_reading_the_answer(records: Sequence[dict]) -> dict[str, dict[str, 
     return moved
 
 
+SPEED_BASELINE = "unlearn-then-learn"
+
+
+def speed_against_baseline(records: Sequence[dict], baseline: str = SPEED_BASELINE) -> dict[str, float]:
+    """Per method, the median over facts of (the baseline's seconds / its seconds) on the same
+    fact in this run: how many times faster than `baseline`, robust to a stall on a shared CPU."""
+    seconds: dict[str, dict[str, float]] = {}
+    for rec in records:
+        if not rec.get("error") and rec["metrics"].get("seconds"):
+            seconds.setdefault(rec["label"], {})[rec["key"]] = rec["metrics"]["seconds"]
+    reference = seconds.get(baseline, {})
+    ratios = {label: [reference[k] / v for k, v in per_fact.items() if k in reference]
+              for label, per_fact in seconds.items()}
+    return {label: float(np.median(values)) for label, values in ratios.items() if values}
+
+
 def summarize(config: BenchConfig, model_name: str, selection: Selection, records: Sequence[dict],
               base_ppl: float, dataset_controls: int | None = None) -> dict:
     methods = aggregate(records, config.bootstrap, config.seed)
@@ -120,6 +136,7 @@ def summarize(config: BenchConfig, model_name: str, selection: Selection, record
         "methods": methods,
         "dataset_controls": dataset_controls,
         "moved_by_reading_the_answer": moved_by_reading_the_answer(records),
+        "times_faster_than_" + SPEED_BASELINE.replace("-", "_"): speed_against_baseline(records),
         "audits": audit_verdicts(records),
         "software": software_lines(records),
         "config": config.to_dict(),
