@@ -184,6 +184,12 @@ def union(components: Sequence[Sequence[Component]]) -> list[Component]:
     return list(dict.fromkeys(c for group in components for c in group))
 
 
+def uses_retain(method: str) -> bool:
+    """Whether the editor trains against the retain set (the key-value editors keep the model's
+    other answers through the key covariance instead)."""
+    return getattr(get_editor(method), "uses_retain", True)
+
+
 def uses_localization(method: str) -> bool:
     """Whether the editor trains the localized components (baselines such as ft-full do not)."""
     return getattr(get_editor(method), "uses_localization", True)

@@ -200,6 +200,7 @@ def spread_editor(name: str, solver: Solver):
         return edit_many(model, tokenizer, [request], [components], context, config, progress)
 
     register_batch(name)(edit_many)
+    editor.uses_retain = edit_many.uses_retain = False
     return register(name)(editor)
 
 

@@ -64,3 +64,6 @@ def rome(model, tokenizer, request, components, context, config, progress=None, 
                                       cache=keyed.cache_covariance)
     artifact = layer_delta("rome", adapter, layer, rank_one_update(key, delta, covariance.to(key.device), keyed.ridge))
     return EditOutcome(model=artifact.apply(model), stages=[log], adapters=[artifact])
+
+
+rome.uses_retain = False

@@ -30,3 +30,6 @@ def rome_unlearn_then_learn(model, tokenizer, request, components, context, conf
         stages += outcome.stages
         artifacts.append(artifact)
     return EditOutcome(model=model, stages=stages, adapters=artifacts)
+
+
+rome_unlearn_then_learn.uses_retain = False

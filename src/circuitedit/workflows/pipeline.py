@@ -22,7 +22,7 @@ from ..core.tokens import (
 from ..data.facts import Fact, control_facts, controls_for, retain_prompts, subject_pool
 from ..data.requests import EditRequest
 from ..edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
-from ..edit.base import freeze, uses_localization
+from ..edit.base import freeze, uses_localization, uses_retain
 from ..edit.keyed import KeyedConfig
 from ..edit.training.prompts import (
     cached_prefixes,
@@ -257,7 +257,8 @@ def edit(
         with timings.phase("localize"):
             localization, components = localized_components(model, tokenizer, request, config, scan, components)
         with timings.phase("prepare"):
-            context = build_context(model, tokenizer, request, config.editor, bound, scan)
+            context = build_context(model, tokenizer, request, config.editor, bound, scan,
+                                    with_retain=uses_retain(config.method))
             working = copy.deepcopy(model)
             freeze(working)
         with timings.phase("train"):

@@ -15,7 +15,7 @@ from ..core.timing import Timings
 from ..data.facts import Fact, control_facts, controls_for, retain_prompts
 from ..data.requests import EditRequest
 from ..edit import RetainSet, TrainingContext
-from ..edit.base import freeze, get_batch_editor
+from ..edit.base import freeze, get_batch_editor, uses_retain
 from ..evaluate.metrics import edit_metrics, probe_rows
 from ..evaluate.snapshots import cached_control_snapshot, control_snapshot, probes_for
 from ..models.arch import get_adapter
@@ -58,6 +58,8 @@ def joined_context(model: nn.Module, tokenizer, requests: Sequence[EditRequest],
     template neighbours (the first `MAX_PINNED` pinned) and the built-in retain prompts."""
     contexts = [build_context(model, tokenizer, r, config.editor, references, scan, with_retain=False)
                 for r, scan in zip(requests, scans, strict=True)]
+    if not uses_retain(config.method):
+        return TrainingContext.joined(contexts, None)
     neighbours = list(dict.fromkeys(p for c in contexts for p in c.retain_prompts or []))
     retain = RetainSet.from_model(model, tokenizer, neighbours + retain_prompts(),
                                   pinned=min(len(neighbours), MAX_PINNED))
