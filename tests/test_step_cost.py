@@ -1,13 +1,16 @@
 """A training step costs about the same on every family, and a chat model's short rows are not
 padded to its chat-rendered ones (issue 53: SmolLM2's chat rows, ~50 tokens with the system turn,
-padded every training row to their width and made its steps more than twice Gemma's; docs/speed.md)."""
+padded every training row to their width and made its steps more than twice Gemma's; docs/speed.md).
+
+Measured: the floating-point operations (torch's FlopCounterMode: matmuls and attention, forward and
+backward) of a step of an unlearn stage, and the rows and width of its forwards; no clock is read."""
 
 from __future__ import annotations
 
 import copy
-import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from circuitedit import EditRequest
 from circuitedit.edit import EditorConfig
@@ -26,8 +29,10 @@ SYSTEM = " ".join(["I am not sure about the capital of France and the city of Ro
 CHAT_TEMPLATE = ("{{ '" + SYSTEM + " ' }}{% for message in messages %}{{ message['content'] }} {% endfor %}"
                  "{% if add_generation_prompt %}It is {% endif %}")
 TARGET = "I am not sure."
-STEPS, REPEATS = 5, 5
-MAX_RATIO = 3.0  # the slowest case may cost at most this many times the fastest
+STEPS = 8  # one period of StageConfig.full_vocab_every, so every case counts the same full-vocabulary passes
+CHAT = "llama, chat template"
+FAMILY_RATIO = 3.0  # the families span ~1.4x (their heads' and attention's shapes): 3x is one gone wrong
+CHAT_RATIO = 6.0  # its own 2 rows of ~130 tokens make it ~4.5x; padding every row to them (issue 53) ~9.4x
 
 
 def chat_model(family: str = "llama"):
@@ -61,31 +66,33 @@ def test_a_chat_models_short_rows_are_not_padded_to_its_chat_rows():
     assert [r for r, _ in chat_forwards[1:]] == [2] and chat_forwards[1][1] > width + 80
 
 
-def seconds_per_step(model, tokenizer, context, config: EditorConfig) -> float:
-    """Mean seconds of steps 2..STEPS of an unlearn stage on both MLPs of a fresh copy."""
+def stage_flops(model, tokenizer, context, config: EditorConfig, steps: int) -> int:
+    """FLOPs of an unlearn stage of `steps` steps on both MLPs of a fresh copy."""
     working = copy.deepcopy(model)
     freeze(working)
     stage = copy.deepcopy(config.unlearn)
-    stage.min_steps = stage.max_steps = STEPS
-    ticks = []
-    ia3_stage("unlearn", working, tokenizer, [Component(0, MLP), Component(1, MLP)], [TARGET] * len(context.prompts),
-              context, stage, config, lambda *_: ticks.append(time.perf_counter()), starts_at_reference=True)
-    assert len(ticks) == STEPS
-    return (ticks[-1] - ticks[0]) / (STEPS - 1)
+    stage.min_steps = stage.max_steps = steps
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _, log = ia3_stage("unlearn", working, tokenizer, [Component(0, MLP), Component(1, MLP)],
+                           [TARGET] * len(context.prompts), context, stage, config, starts_at_reference=True)
+    assert log.steps == steps
+    return counter.get_total_flops()
 
 
 def test_a_step_costs_about_the_same_on_every_family_and_in_chat_form():
-    """The same request on every family, and on llama with a chat template: the best of a few
-    repeats (taken in turn, so that a busy spell of a shared CPU hits every case) is within
-    MAX_RATIO of the fastest."""
+    """The same request on every family, and on llama with a chat template: the FLOPs of a step
+    (those of 2 * STEPS steps less those of STEPS, over STEPS: the stage's setup cancels) are
+    within FAMILY_RATIO (CHAT_RATIO for the chat case) of the cheapest case's."""
     config = EditorConfig(n_prefixes=2, n_template_neighbours=2)
     cases = {family: tiny_model(family) for family in FAMILIES}
-    cases["llama, chat template"] = chat_model()
-    contexts = {name: build_context(model, tokenizer, REQUEST, config) for name, (model, tokenizer) in cases.items()}
-    best = dict.fromkeys(cases, float("inf"))
-    for _ in range(REPEATS):
-        for name, (model, tokenizer) in cases.items():
-            best[name] = min(best[name], seconds_per_step(model, tokenizer, contexts[name], config))
-    fastest = min(best.values())
-    slow = {name: f"{seconds / fastest:.1f}x" for name, seconds in best.items() if seconds > MAX_RATIO * fastest}
-    assert not slow, f"per-step cost against the fastest family: {slow} (all: {best})"
+    cases[CHAT] = chat_model()
+    per_step = {}
+    for name, (model, tokenizer) in cases.items():
+        context = build_context(model, tokenizer, REQUEST, config)
+        flops = [stage_flops(model, tokenizer, context, config, steps) for steps in (STEPS, 2 * STEPS)]
+        per_step[name] = (flops[1] - flops[0]) // STEPS
+    cheapest = min(per_step.values())
+    costly = {name: f"{flops / cheapest:.1f}x" for name, flops in per_step.items()
+              if flops > (CHAT_RATIO if name == CHAT else FAMILY_RATIO) * cheapest}
+    assert not costly, f"per-step FLOPs against the cheapest case: {costly} (all: {per_step})"
