@@ -111,3 +111,23 @@ def test_chat_template_path_on_smollm2():
     assert rendered != "What is the capital of France?" and "France" in rendered
     answer = greedy_continuations(model, tokenizer, [rendered], max_new_tokens=16)[0]
     assert "Paris" in answer
+
+
+@pytest.mark.parametrize("index", [0, 1])  # two relations: a landmark's city, an athlete's sport
+def test_memit_edits_the_real_model_keyed_on_the_subject(embedded, index):
+    """MEMIT at the layers localization picks, with the key covariance computed (or read from the
+    cache): the new fact on the prompt and its held-out paraphrases, the old one gone, the
+    control facts the model states kept; the base model untouched."""
+    from circuitedit import EditConfig
+
+    model, tokenizer = embedded
+    before = {k: v.clone() for k, v in model.state_dict().items() if "mlp.down_proj" in k}
+    result = edit(model, tokenizer, demo_requests()[index], EditConfig(method="memit"))
+    _assert_edit_quality(result.metrics)
+    assert result.metrics["efficacy"] == 1.0 and result.metrics["f_control"] >= 0.95, result.metrics
+    (delta,) = result.outcome.adapters
+    top = next(c.layer for c in result.components if c.kind == "mlp")
+    assert delta.details["layers"] == list(range(max(0, top - 2), top + 1))  # up to 3 layers, ending at the top MLP
+    assert len(delta.tensors) == len(delta.details["layers"])
+    for key, value in before.items():
+        assert torch.equal(model.state_dict()[key], value), key
