@@ -12,7 +12,7 @@ import torch
 from ..core.forward import object_logprobs
 from ..core.generate import greedy_continuations
 from ..core.matching import contains_object
-from ..core.tokens import TargetTokenizationError
+from ..core.tokens import TargetTokenizationError, prompt_and_target_ids
 from ..data.facts import Fact, controls_for
 from ..data.requests import EditRequest
 from .fluency import generation_entropy
@@ -38,28 +38,44 @@ def _mean(values: Sequence[bool | float]) -> float | None:
     return fmean(float(v) for v in values) if values else None
 
 
+def grouped_wins(model, tokenizer, groups: Sequence[Sequence[tuple[str, str, str]]], batch_size: int) -> list[list[bool]]:
+    """Per group of (prompt, better, worse): `wins` of each, all groups in one batched pass."""
+    flat = [item for group in groups for item in group]
+    won = wins(model, tokenizer, [p for p, _, _ in flat], [b for _, b, _ in flat], [w for _, _, w in flat],
+               batch_size)
+    out, start = [], 0
+    for group in groups:
+        out.append(won[start:start + len(group)])
+        start += len(group)
+    return out
+
+
+def neighbour_rows(tokenizer, request: EditRequest) -> list[tuple[str, str, str]]:
+    """(prompt, true answer, new object) of each neighbourhood prompt; none where the tokenizer
+    cannot write an answer after its prompt."""
+    rows = [(n["prompt"], n["answer"], request.new_object) for n in request.neighbourhood]
+    try:
+        for prompt, answer, new in rows:
+            prompt_and_target_ids(tokenizer, prompt, answer)
+            prompt_and_target_ids(tokenizer, prompt, new)
+    except TargetTokenizationError:
+        return []
+    return rows
+
+
 def fact_scores(model, tokenizer, requests: Sequence[EditRequest], config: EvalConfig) -> list[dict]:
     """Per request: efficacy P(new) > P(old) on the edit prompt, the share of held-out
     paraphrases with P(new) > P(old), the share of neighbourhood prompts with P(true) > P(new),
     and whether the greedy continuation of the edit prompt states the new object."""
     size = config.batch_size
     texts = greedy_continuations(model, tokenizer, [r.text for r in requests], config.max_new_tokens)
-    efficacy = wins(model, tokenizer, [r.text for r in requests], [r.new_object for r in requests],
-                    [r.old_object for r in requests], size)
-    scores = []
-    for request, text, won in zip(requests, texts, efficacy, strict=True):
-        held = request.held_out_prompts
-        paraphrase = wins(model, tokenizer, held, [request.new_object] * len(held), [request.old_object] * len(held),
-                          size)
-        prompts = [n["prompt"] for n in request.neighbourhood]
-        try:
-            neighbours = wins(model, tokenizer, prompts, [n["answer"] for n in request.neighbourhood],
-                              [request.new_object] * len(prompts), size)
-        except TargetTokenizationError:
-            neighbours = []
-        scores.append({"stated": contains_object(text, request.new_object), "efficacy": bool(won),
-                       "paraphrase": _mean(paraphrase), "neighbourhood": _mean(neighbours)})
-    return scores
+    efficacy = grouped_wins(model, tokenizer, [[(r.text, r.new_object, r.old_object)] for r in requests], size)
+    paraphrase = grouped_wins(model, tokenizer, [[(p, r.new_object, r.old_object) for p in r.held_out_prompts]
+                                                 for r in requests], size)
+    neighbours = grouped_wins(model, tokenizer, [neighbour_rows(tokenizer, r) for r in requests], size)
+    return [{"stated": contains_object(text, r.new_object), "efficacy": bool(won[0]), "paraphrase": _mean(para),
+             "neighbourhood": _mean(near)}
+            for r, text, won, para, near in zip(requests, texts, efficacy, paraphrase, neighbours, strict=True)]
 
 
 def sequence_measures(model, tokenizer, requests: Sequence[EditRequest], earlier: int, controls: list[Fact],
