@@ -40,6 +40,7 @@ class HistoryEntry:
     components: list[list[str]]  # per request
     metrics: list[dict]  # per request, measured when the edit was made
     software: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # the edit's phases, in seconds
 
     @property
     def directory(self) -> str:
@@ -129,7 +130,7 @@ class EditHistory:
         outcome = results[0].outcome
         entry = HistoryEntry(self.next_id(), method, [r.request for r in results], [a.name for a in outcome.adapters],
                              [[c.name for c in r.components] for r in results], [r.metrics for r in results],
-                             software)
+                             software, dict(results[0].timings))
         if not entry.stages:
             raise HistoryError(f"{method} saves no adapter or weight delta: a history cannot rebuild its model "
                                "(use an adapter or key-value method)")
