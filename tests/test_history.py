@@ -104,3 +104,17 @@ def test_a_method_without_saved_stages_cannot_keep_a_history(tmp_path):
         run_sequence(model, tokenizer, FACTS[:1], EditHistory.start(tmp_path / "h", None), config("ft-full"),
                      controls=[])
     assert EditHistory.open(tmp_path / "h").entries == []  # nothing half-written
+
+
+def test_every_edit_of_a_sequence_keys_on_the_unedited_models_statistics(monkeypatch, tmp_path):
+    """The key covariance is the unedited model's for every edit (computed once, then cached),
+    not the edited model's of the moment (a new fingerprint, and a new corpus pass, per edit)."""
+    from circuitedit.edit import rome as rome_module
+
+    model, tokenizer = tiny_model("llama")
+    seen = []
+    real = rome_module.layer_covariance
+    monkeypatch.setattr(rome_module, "layer_covariance",
+                        lambda source, *args, **kwargs: seen.append(source) or real(source, *args, **kwargs))
+    run_sequence(model, tokenizer, FACTS[:2], EditHistory.start(tmp_path / "h", None), config("rome"), controls=[])
+    assert len(seen) == 2 and all(source is model for source in seen)

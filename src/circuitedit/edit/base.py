@@ -81,6 +81,9 @@ class TrainingContext:
     contexts: list[str] | None = None
     owners: list[int] | None = None  # per prompt, its request's index (many facts trained together)
     retain_prompts: list[str] | None = None  # the request's own retain prompts (its template neighbours)
+    # whose key statistics the key-value editors use (None: the model being edited); in a
+    # sequence of edits, the unedited model's, computed once
+    key_model: nn.Module | None = None
 
     @classmethod
     def joined(cls, contexts: Sequence[TrainingContext], retain: RetainSet | None) -> TrainingContext:
@@ -92,7 +95,7 @@ class TrainingContext:
             old += [context.old_token] * len(context.prompts)
             leading += context.contexts or [""] * len(context.prompts)
             owners += [index] * len(context.prompts)
-        return cls(prompts, retain, old, leading, owners)
+        return cls(prompts, retain, old, leading, owners, key_model=contexts[0].key_model if contexts else None)
 
     def by_request(self, count: int) -> list[list[str]]:
         """The prompts of each of `count` requests (all of them for one request)."""

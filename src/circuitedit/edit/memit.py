@@ -187,7 +187,7 @@ def spread_editor(name: str, solver: Solver):
         """`model` is the pipeline's private copy (edit() deep-copies and freezes it)."""
         keyed = config.keyed
         layers = batch_layers(components, keyed, name)
-        covariances = layer_covariances(model, tokenizer, layers, CorpusSpec(keyed.covariance_tokens),
+        covariances = layer_covariances(context.key_model or model, tokenizer, layers, CorpusSpec(keyed.covariance_tokens),
                                         cache=keyed.cache_covariance)
         solve, details = solver(covariances, keyed)
         edit = memit_update(model, tokenizer, requests, layers, covariances, keyed, context.by_request(len(requests)),

@@ -225,6 +225,7 @@ def edit(
     components: list[Component] | None = None,
     progress: Callable | None = None,
     references: ReferenceCache | None = None,
+    key_model: nn.Module | None = None,
 ) -> EditResult:
     """Edit one fact on a copy of `model` and measure the edit against the unedited model.
 
@@ -234,6 +235,8 @@ def edit(
     edits of the same model. references: where
     the unedited model's answers to the built-in texts (control facts, sampled prefixes) are
     kept between edits and runs (`ReferenceCache.default()` on disk; None computes them anew).
+    key_model: whose key statistics a key-value editor uses (default `model`; in a sequence of
+    edits, the unedited model).
     """
     config = config or EditConfig()
     config.validate()
@@ -259,6 +262,7 @@ def edit(
         with timings.phase("prepare"):
             context = build_context(model, tokenizer, request, config.editor, bound, scan,
                                     with_retain=uses_retain(config.method))
+            context.key_model = key_model
             working = copy.deepcopy(model)
             freeze(working)
         with timings.phase("train"):

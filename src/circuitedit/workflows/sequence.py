@@ -43,7 +43,8 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
     """Edit `requests` into one model in batches of `batch_size` (each request its own edit, or
     with `together` each batch one update), recording each edit in `history` and, after each
     batch, `sequence_measures` of every fact edited so far (`on_batch` gets them). Resumable:
-    the requests `history` already holds are skipped and its model is rebuilt from the files."""
+    the requests `history` already holds are skipped and its model is rebuilt from the files.
+    The key-value editors key every edit on the unedited model's statistics (computed once)."""
     config = config or EditConfig()
     config.validate()
     if batch_size < 1:
@@ -59,12 +60,12 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
         earlier = len(history.requests())
         tick = time.perf_counter()
         if together:
-            results = edit_together(current, tokenizer, batch, config, controls=controls)
+            results = edit_together(current, tokenizer, batch, config, controls=controls, key_model=base)
             history.append(config.method, results, software or {})
             current = results[0].model
         else:
             for request in batch:
-                result = edit(current, tokenizer, request, config, controls=controls)
+                result = edit(current, tokenizer, request, config, controls=controls, key_model=base)
                 history.append(config.method, [result], software or {})
                 current = result.model
         edit_seconds = time.perf_counter() - tick

@@ -68,9 +68,9 @@ def joined_context(model: nn.Module, tokenizer, requests: Sequence[EditRequest],
 
 def edit_together(model: nn.Module, tokenizer, requests: Sequence[EditRequest], config: EditConfig | None = None,
                   *, controls: list[Fact] | None = None, references: ReferenceCache | None = None,
-                  progress: Callable | None = None) -> list[EditResult]:
+                  progress: Callable | None = None, key_model: nn.Module | None = None) -> list[EditResult]:
     """Write every request into one copy of `model` with the method's batch form; one
-    EditResult per request, all sharing the edited model and the update."""
+    EditResult per request, all sharing the edited model and the update. key_model: as `edit`'s."""
     config = config or EditConfig()
     config.validate()
     batch_editor = get_batch_editor(config.method)
@@ -96,6 +96,7 @@ def edit_together(model: nn.Module, tokenizer, requests: Sequence[EditRequest], 
                        for r, scan in zip(requests, scans, strict=True)]
         with timings.phase("prepare"):
             context = joined_context(model, tokenizer, requests, config, scans, bound)
+            context.key_model = key_model
             working = copy.deepcopy(model)
             freeze(working)
         with timings.phase("train"):
