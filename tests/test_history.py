@@ -118,3 +118,33 @@ def test_every_edit_of_a_sequence_keys_on_the_unedited_models_statistics(monkeyp
                         lambda source, *args, **kwargs: seen.append(source) or real(source, *args, **kwargs))
     run_sequence(model, tokenizer, FACTS[:2], EditHistory.start(tmp_path / "h", None), config("rome"), controls=[])
     assert len(seen) == 2 and all(source is model for source in seen)
+
+
+def test_alphaedit_keeps_the_keys_of_earlier_edits():
+    """With K_p K_pᵀ of an earlier edit in the system, a new update barely moves the earlier
+    keys' outputs; without it, it moves them freely."""
+    import torch
+
+    from circuitedit.edit.alphaedit import alphaedit_layer_update
+
+    generator = torch.Generator().manual_seed(0)
+    earlier, new = torch.randn(32, 3, generator=generator), torch.randn(32, 2, generator=generator)
+    new = new + earlier[:, :2]  # keys that overlap the earlier edits' ones
+    values = torch.randn(16, 2, generator=generator)
+    projection = torch.eye(32, dtype=torch.float64)
+    free = alphaedit_layer_update(new, values, projection, 0.1)
+    kept = alphaedit_layer_update(new, values, projection, 0.1, previous=(earlier @ earlier.T).double())
+    moved = lambda update: float((update.double() @ earlier.double()).norm())  # noqa: E731
+    assert moved(kept) < 0.1 * moved(free)
+
+
+def test_a_sequence_hands_alphaedit_the_earlier_edits_keys(tmp_path):
+    model, tokenizer = tiny_model("llama")
+    history = run_sequence(model, tokenizer, FACTS[:2], EditHistory.start(tmp_path / "h", None),
+                           config("alphaedit"), controls=[])
+    assert all((tmp_path / "h" / e.directory / "adapters" / "alphaedit" / "keys.safetensors").exists()
+               for e in history.entries)
+    import torch
+
+    moments = history.previous_keys()  # layer 0, the one edited: K_p K_pᵀ of the two facts' keys
+    assert list(moments) == [0] and int(torch.linalg.matrix_rank(moments[0])) == 2

@@ -71,6 +71,16 @@ class EditorConfig(CheckedConfig):
 
 
 @dataclass
+class KeyMemory:
+    """What a key-value edit made in a sequence keys on: the unedited model's key statistics
+    (computed once, not per edited model), and per layer K_p K_pᵀ (d_k, d_k) of the keys the
+    earlier edits were solved for (AlphaEdit keeps their outputs; MEMIT does not use them)."""
+
+    model: nn.Module
+    previous: dict[int, torch.Tensor] | None = None
+
+
+@dataclass
 class TrainingContext:
     """What every editor trains on, built once per edit so all methods share it."""
 
@@ -81,9 +91,15 @@ class TrainingContext:
     contexts: list[str] | None = None
     owners: list[int] | None = None  # per prompt, its request's index (many facts trained together)
     retain_prompts: list[str] | None = None  # the request's own retain prompts (its template neighbours)
-    # whose key statistics the key-value editors use (None: the model being edited); in a
-    # sequence of edits, the unedited model's, computed once
-    key_model: nn.Module | None = None
+    memory: KeyMemory | None = None  # in a sequence of edits: what the key-value editors key on
+
+    def key_source(self, model: nn.Module) -> nn.Module:
+        """The model whose key statistics a key-value editor uses: `model`, or in a sequence the unedited one."""
+        return self.memory.model if self.memory is not None else model
+
+    @property
+    def previous_keys(self) -> dict[int, torch.Tensor] | None:
+        return self.memory.previous if self.memory is not None else None
 
     @classmethod
     def joined(cls, contexts: Sequence[TrainingContext], retain: RetainSet | None) -> TrainingContext:
@@ -95,7 +111,7 @@ class TrainingContext:
             old += [context.old_token] * len(context.prompts)
             leading += context.contexts or [""] * len(context.prompts)
             owners += [index] * len(context.prompts)
-        return cls(prompts, retain, old, leading, owners, key_model=contexts[0].key_model if contexts else None)
+        return cls(prompts, retain, old, leading, owners)
 
     def by_request(self, count: int) -> list[list[str]]:
         """The prompts of each of `count` requests (all of them for one request)."""

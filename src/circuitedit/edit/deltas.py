@@ -13,6 +13,7 @@ from torch import nn
 
 DELTA_FILE = "delta.safetensors"
 META_FILE = "delta.json"
+KEYS_FILE = "keys.safetensors"  # the keys a delta was solved for, per layer (AlphaEdit protects them later)
 
 
 @dataclass
@@ -22,16 +23,22 @@ class WeightDelta:
     name: str
     tensors: dict[str, torch.Tensor]
     details: dict = field(default_factory=dict)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> K (d_k, n) of the edited facts
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         save_file(self.tensors, str(directory / DELTA_FILE))
+        if self.keys:
+            save_file({str(layer): k.contiguous().cpu() for layer, k in self.keys.items()}, str(directory / KEYS_FILE))
         (directory / META_FILE).write_text(json.dumps({"name": self.name, **self.details}) + "\n")
 
     @classmethod
     def load(cls, directory: Path) -> WeightDelta:
-        meta = json.loads((Path(directory) / META_FILE).read_text(encoding="utf-8"))
-        return cls(meta.pop("name"), load_file(str(Path(directory) / DELTA_FILE)), meta)
+        directory = Path(directory)
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+        keys = load_file(str(directory / KEYS_FILE)) if (directory / KEYS_FILE).exists() else {}
+        return cls(meta.pop("name"), load_file(str(directory / DELTA_FILE)), meta,
+                   {int(layer): k for layer, k in keys.items()})
 
     def apply(self, model: nn.Module, sign: float = 1.0) -> nn.Module:
         """Add (sign -1: subtract) the delta to `model`'s parameters in fp32, cast back once."""

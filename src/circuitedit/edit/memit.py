@@ -48,7 +48,8 @@ from .keyvalue import (
 from .training.loop import StageLog
 
 Solve = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]  # (layer, K (d_k, n), V (d, n)) -> ΔW (d, d_k)
-Solver = Callable[[dict[int, torch.Tensor], KeyedConfig], tuple[Solve, dict]]  # (C per layer, config) -> (solve, details)
+# (C per layer, config, K_p K_pᵀ per layer of earlier edits or None) -> (solve, details)
+Solver = Callable[[dict[int, torch.Tensor], KeyedConfig, dict[int, torch.Tensor] | None], tuple[Solve, dict]]
 
 
 def edited_layers(components: Sequence[Component], keyed: KeyedConfig, method: str = "memit") -> list[int]:
@@ -66,7 +67,9 @@ def memit_layer_update(keys: torch.Tensor, values: torch.Tensor, preserved: torc
     return torch.linalg.solve(preserved.double() + k @ k.T, k @ values.double().T).T.float()
 
 
-def memit_solver(covariances: dict[int, torch.Tensor], keyed: KeyedConfig) -> tuple[Solve, dict]:
+def memit_solver(covariances: dict[int, torch.Tensor], keyed: KeyedConfig,
+                 previous: dict[int, torch.Tensor] | None = None) -> tuple[Solve, dict]:
+    """MEMIT's solve (earlier edits are not protected beyond C: `previous` is not used)."""
     def solve(layer: int, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         c = ridged(covariances[layer].to(keys.device), keyed.ridge)
         return memit_layer_update(keys, values, keyed.covariance_weight * c.shape[0] * c)
@@ -128,6 +131,7 @@ class SpreadEdit:
     updates: dict[int, torch.Tensor]
     stages: list[StageLog]
     unreached: list[float]
+    keys: dict[int, torch.Tensor]  # layer -> K (d_k, n): the requests' keys each update was solved for
 
 
 def memit_update(model: nn.Module, tokenizer, requests: Sequence[EditRequest], layers: Sequence[int],
@@ -154,7 +158,7 @@ def memit_update(model: nn.Module, tokenizer, requests: Sequence[EditRequest], l
         targets.append((base + delta, float(delta.norm())))
         stages.append(log)
     solve = solve or memit_solver(covariances, keyed)[0]
-    updates = {}
+    updates, solved_keys = {}, {}
     for index, layer in enumerate(layers):
         keys, values = [], []
         for fact, (target, _) in zip(rows, targets, strict=True):
@@ -162,11 +166,12 @@ def memit_update(model: nn.Module, tokenizer, requests: Sequence[EditRequest], l
             residual = (target - hidden.mean(0)) / (len(layers) - index)
             keys.append(fact_keys.mean(0))
             values.append(mlp_value(model, adapter, layer, fact_keys, residual))
-        updates[layer] = solve(layer, torch.stack(keys, 1), torch.stack(values, 1))
+        solved_keys[layer] = torch.stack(keys, 1)
+        updates[layer] = solve(layer, solved_keys[layer], torch.stack(values, 1))
         weight_delta("", adapter, {layer: updates[layer]}, {}).apply(model)
     unreached = [float((target - subject_states(model, adapter, last, last, fact)[1].mean(0)).norm() / max(size, 1e-12))
                  for fact, (target, size) in zip(rows, targets, strict=True)]
-    return SpreadEdit(updates, stages, unreached)
+    return SpreadEdit(updates, stages, unreached, solved_keys)
 
 
 def batch_layers(components: Sequence[Sequence[Component]], keyed: KeyedConfig, method: str) -> list[int]:
@@ -187,13 +192,14 @@ def spread_editor(name: str, solver: Solver):
         """`model` is the pipeline's private copy (edit() deep-copies and freezes it)."""
         keyed = config.keyed
         layers = batch_layers(components, keyed, name)
-        covariances = layer_covariances(context.key_model or model, tokenizer, layers, CorpusSpec(keyed.covariance_tokens),
+        covariances = layer_covariances(context.key_source(model), tokenizer, layers, CorpusSpec(keyed.covariance_tokens),
                                         cache=keyed.cache_covariance)
-        solve, details = solver(covariances, keyed)
+        solve, details = solver(covariances, keyed, context.previous_keys)
         edit = memit_update(model, tokenizer, requests, layers, covariances, keyed, context.by_request(len(requests)),
                             solve, progress)
         artifact = weight_delta(name, get_adapter(model), edit.updates,
                                 {"layers": layers, "unreached": edit.unreached, "facts": len(requests), **details})
+        artifact.keys = {layer: k.cpu() for layer, k in edit.keys.items()}
         return EditOutcome(model=model, stages=edit.stages, adapters=[artifact])
 
     def editor(model, tokenizer, request, components, context, config, progress=None) -> EditOutcome:

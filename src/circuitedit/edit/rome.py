@@ -60,7 +60,7 @@ def rome(model, tokenizer, request, components, context, config, progress=None, 
     shift = lambda d: mlp_output_shift(model, adapter, layer, rows.subject_rows, rows.subject_positions, d)  # noqa: E731
     delta, log = optimise_value(model, rows, output, keyed, shift, keyed.clamp_norm, progress)
     if covariance is None:
-        covariance = layer_covariance(context.key_model or model, tokenizer, layer, CorpusSpec(keyed.covariance_tokens),
+        covariance = layer_covariance(context.key_source(model), tokenizer, layer, CorpusSpec(keyed.covariance_tokens),
                                       cache=keyed.cache_covariance)
     artifact = layer_delta("rome", adapter, layer, rank_one_update(key, delta, covariance.to(key.device), keyed.ridge))
     return EditOutcome(model=artifact.apply(model), stages=[log], adapters=[artifact])

@@ -19,7 +19,7 @@ def rome_unlearn_then_learn(model, tokenizer, request, components, context, conf
     keyed = config.keyed
     layer = edited_layer(list(components), keyed.layer)
     # Both stages key on the unedited model's statistics (the stage-1 model is a new fingerprint).
-    covariance = layer_covariance(context.key_model or model, tokenizer, layer, CorpusSpec(keyed.covariance_tokens),
+    covariance = layer_covariance(context.key_source(model), tokenizer, layer, CorpusSpec(keyed.covariance_tokens),
                                   cache=keyed.cache_covariance)
     stages, artifacts = [], []
     for name, target in (("unlearn", uncertain), ("learn", request)):

@@ -12,11 +12,13 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..core.files import atomic_directory, check_output_target, write_text_atomic
 from ..data.requests import EditRequest
 from ..edit.base import freeze
+from ..edit.deltas import WeightDelta, is_delta_dir
 from .outputs import applied_stage
 from .together import fact_key
 
@@ -144,6 +146,18 @@ class EditHistory:
         self.entries.append(entry)
         self.save()
         return entry
+
+    def previous_keys(self) -> dict[int, torch.Tensor]:
+        """Per layer, K_p K_pᵀ (d_k, d_k) fp64 of the keys every kept edit's weight deltas were solved for."""
+        moments: dict[int, torch.Tensor] = {}
+        for entry in self.entries:
+            for stage in entry.stages:
+                directory = self.root / entry.directory / "adapters" / stage
+                if is_delta_dir(directory):
+                    for layer, keys in WeightDelta.load(directory).keys.items():
+                        k = keys.double()
+                        moments[layer] = k @ k.T + moments.get(layer, 0)
+        return moments
 
     def edited_model(self, base: nn.Module, without: int | None = None) -> nn.Module:
         """A copy of `base` with every kept edit's stages applied in order (leaving out edit `without`)."""

@@ -22,7 +22,7 @@ from ..core.tokens import (
 from ..data.facts import Fact, control_facts, controls_for, retain_prompts, subject_pool
 from ..data.requests import EditRequest
 from ..edit import EditorConfig, EditOutcome, RetainSet, StageConfig, TrainingContext, get_editor
-from ..edit.base import freeze, uses_localization, uses_retain
+from ..edit.base import KeyMemory, freeze, uses_localization, uses_retain
 from ..edit.keyed import KeyedConfig
 from ..edit.training.prompts import (
     cached_prefixes,
@@ -225,7 +225,7 @@ def edit(
     components: list[Component] | None = None,
     progress: Callable | None = None,
     references: ReferenceCache | None = None,
-    key_model: nn.Module | None = None,
+    memory: KeyMemory | None = None,
 ) -> EditResult:
     """Edit one fact on a copy of `model` and measure the edit against the unedited model.
 
@@ -235,8 +235,8 @@ def edit(
     edits of the same model. references: where
     the unedited model's answers to the built-in texts (control facts, sampled prefixes) are
     kept between edits and runs (`ReferenceCache.default()` on disk; None computes them anew).
-    key_model: whose key statistics a key-value editor uses (default `model`; in a sequence of
-    edits, the unedited model).
+    memory: in a sequence of edits, what a key-value editor keys on (the unedited model's key
+    statistics, the earlier edits' keys); default: `model`'s statistics.
     """
     config = config or EditConfig()
     config.validate()
@@ -262,7 +262,7 @@ def edit(
         with timings.phase("prepare"):
             context = build_context(model, tokenizer, request, config.editor, bound, scan,
                                     with_retain=uses_retain(config.method))
-            context.key_model = key_model
+            context.memory = memory
             working = copy.deepcopy(model)
             freeze(working)
         with timings.phase("train"):

@@ -14,6 +14,7 @@ from torch import nn
 from ..core.generate import greedy_continuations
 from ..data.facts import Fact, control_facts
 from ..data.requests import EditRequest
+from ..edit.base import KeyMemory
 from ..evaluate.sequence import fact_scores, sequence_measures, unedited_references
 from .history import EditHistory, HistoryError
 from .outputs import undone_stage
@@ -44,7 +45,8 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
     with `together` each batch one update), recording each edit in `history` and, after each
     batch, `sequence_measures` of every fact edited so far (`on_batch` gets them). Resumable:
     the requests `history` already holds are skipped and its model is rebuilt from the files.
-    The key-value editors key every edit on the unedited model's statistics (computed once)."""
+    The key-value editors key every edit on the unedited model's statistics (computed once), and
+    AlphaEdit keeps the keys of the earlier edits (`EditHistory.previous_keys`)."""
     config = config or EditConfig()
     config.validate()
     if batch_size < 1:
@@ -60,12 +62,14 @@ def run_sequence(base: nn.Module, tokenizer, requests: Sequence[EditRequest], hi
         earlier = len(history.requests())
         tick = time.perf_counter()
         if together:
-            results = edit_together(current, tokenizer, batch, config, controls=controls, key_model=base)
+            results = edit_together(current, tokenizer, batch, config, controls=controls,
+                                    memory=KeyMemory(base, history.previous_keys()))
             history.append(config.method, results, software or {})
             current = results[0].model
         else:
             for request in batch:
-                result = edit(current, tokenizer, request, config, controls=controls, key_model=base)
+                result = edit(current, tokenizer, request, config, controls=controls,
+                              memory=KeyMemory(base, history.previous_keys()))
                 history.append(config.method, [result], software or {})
                 current = result.model
         edit_seconds = time.perf_counter() - tick

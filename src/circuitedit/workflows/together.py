@@ -15,7 +15,7 @@ from ..core.timing import Timings
 from ..data.facts import Fact, control_facts, controls_for, retain_prompts
 from ..data.requests import EditRequest
 from ..edit import RetainSet, TrainingContext
-from ..edit.base import freeze, get_batch_editor, uses_retain
+from ..edit.base import KeyMemory, freeze, get_batch_editor, uses_retain
 from ..evaluate.metrics import edit_metrics, probe_rows
 from ..evaluate.snapshots import cached_control_snapshot, control_snapshot, probes_for
 from ..models.arch import get_adapter
@@ -68,9 +68,9 @@ def joined_context(model: nn.Module, tokenizer, requests: Sequence[EditRequest],
 
 def edit_together(model: nn.Module, tokenizer, requests: Sequence[EditRequest], config: EditConfig | None = None,
                   *, controls: list[Fact] | None = None, references: ReferenceCache | None = None,
-                  progress: Callable | None = None, key_model: nn.Module | None = None) -> list[EditResult]:
+                  progress: Callable | None = None, memory: KeyMemory | None = None) -> list[EditResult]:
     """Write every request into one copy of `model` with the method's batch form; one
-    EditResult per request, all sharing the edited model and the update. key_model: as `edit`'s."""
+    EditResult per request, all sharing the edited model and the update. memory: as `edit`'s."""
     config = config or EditConfig()
     config.validate()
     batch_editor = get_batch_editor(config.method)
@@ -96,7 +96,7 @@ def edit_together(model: nn.Module, tokenizer, requests: Sequence[EditRequest], 
                        for r, scan in zip(requests, scans, strict=True)]
         with timings.phase("prepare"):
             context = joined_context(model, tokenizer, requests, config, scans, bound)
-            context.key_model = key_model
+            context.memory = memory
             working = copy.deepcopy(model)
             freeze(working)
         with timings.phase("train"):
